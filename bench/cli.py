@@ -1,0 +1,220 @@
+"""``python -m bench``: the suite's command line.
+
+Every user-facing error is a ``BenchError``: printed as one ``error:`` line, exit status 2, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from bench.backbones.clip import list_clip_architectures
+    from bench.data import DATASETS
+    from bench.evaluate import ZERO_SHOT_BASELINES
+    from methods import get_method_class, list_methods
+
+    print("methods:")
+    for name in list_methods():
+        summary = (get_method_class(name).__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<12} {summary}")
+    print("datasets:")
+    for name in DATASETS:
+        print(f"  {name:<12} {DATASETS.get(name).description}")
+    print("zero-training baselines:", ", ".join(ZERO_SHOT_BASELINES))
+    print("CLIP backbones (open_clip; --pretrained TAG|FILE|synth):", ", ".join(list_clip_architectures()))
+    print(
+        "BLIP-2 backbones: cirbench-tiny-blip2 (--pretrained synth|FILE), Salesforce/blip2-itm-vit-g, or a local HF dir"
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from bench.config import read_yaml, resolve_config
+    from bench.train import RunConfig, train
+
+    cli = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "backbone": args.backbone,
+        "pretrained": args.pretrained,
+        "lora": args.lora,
+        "lora_rank": args.lora_rank,
+        "lora_alpha": args.lora_alpha,
+        "lora_targets": tuple(args.lora_targets.split(",")) if args.lora_targets else None,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "accumulation_steps": args.accumulation_steps,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    if args.resume:
+        print(f"wrote {train(RunConfig(), args.results_dir, resume=args.resume)}")
+        return
+    yaml_values = read_yaml(args.config) if args.config else None
+    config = resolve_config(RunConfig, yaml_values, cli, source=str(args.config))
+    print(f"wrote {train(config, args.results_dir)}")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from bench.pretrain import pretrained_weights
+
+    path = pretrained_weights(args.family)
+    print(path.with_suffix(".json").read_text().strip())
+    print(f"weights: {path}")
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> None:
+    from bench.config import read_yaml, resolve_config
+    from bench.data.synth import SynthConfig, generate
+
+    yaml_values = read_yaml(args.config) if args.config else None
+    config = resolve_config(SynthConfig, yaml_values, {"seed": args.seed}, source=str(args.config))
+    out = generate(Path(args.out), config)
+    print(f"wrote the synthetic CIR world to {out}")
+
+
+def _cmd_data_check(args: argparse.Namespace) -> None:
+    from bench.data import get_dataset
+    from bench.data.check import check_dataset, format_check_report
+
+    spec = get_dataset(args.dataset)
+    root = Path(args.root)
+    if not root.is_dir():
+        raise BenchError(f"--root: {root} is not a directory")
+    print(format_check_report(check_dataset(spec.layout, root)))
+
+
+def _zero_shot(args: argparse.Namespace) -> list[Path]:
+    from bench.baselines import ZeroShotConfig, run_zero_shot
+    from bench.config import read_yaml, resolve_config
+
+    cli = {
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "split": args.split,
+        "backbone": args.backbone,
+        "pretrained": args.pretrained,
+        "baselines": tuple(args.baseline) if args.baseline else None,
+        "transform": args.transform,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    yaml_values = read_yaml(args.config) if args.config else None
+    config = resolve_config(ZeroShotConfig, yaml_values, cli, source=str(args.config))
+    return run_zero_shot(config, Path(args.results_dir), Path(args.out) if args.out else None)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    for path in _zero_shot(args):
+        print(f"wrote {path}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from bench.report import write_leaderboard
+
+    print(f"wrote {write_leaderboard(Path(args.results_dir))}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from bench.baselines import ZeroShotConfig, run_zero_shot
+    from bench.report import write_leaderboard
+
+    for dataset in ("synth-fiq", "synth-cirr"):
+        for path in run_zero_shot(ZeroShotConfig(dataset=dataset), Path(args.results_dir)):
+            print(f"wrote {path}")
+    board = write_leaderboard(Path(args.results_dir))
+    print(board.read_text())
+    print(f"wrote {board}")
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    # Defaults are None so that only flags the user typed override the YAML file (precedence CLI > YAML > defaults).
+    parser.add_argument("--config", help="YAML file of settings (overridden by flags)")
+    parser.add_argument("--dataset", help="dataset name (see `list`); default synth-fiq")
+    parser.add_argument("--data-root", help="folder of a real dataset in its official layout")
+    parser.add_argument("--split", help="val (scored) or test/test1 (rankings / CIRR server files)")
+    parser.add_argument("--backbone", help="open_clip architecture; default the tiny CPU config")
+    parser.add_argument("--pretrained", help="open_clip pretrained tag or a local checkpoint file")
+    parser.add_argument("--baseline", action="append", help="image-only, text-only or sum (repeatable); default all")
+    parser.add_argument("--transform", help="targetpad (default), squarepad or clip")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", help="folder for test-split rankings (default results/submissions/...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m bench``."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description="WRF-for-CIR benchmark and ablation suite")
+    results = argparse.ArgumentParser(add_help=False)
+    results.add_argument("--results-dir", default="results", help="where records and the leaderboard live")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("list", help="datasets, baselines and backbones").set_defaults(run=_cmd_list)
+
+    data = commands.add_parser("data", help="generate or validate datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    synth = data.add_parser("synth", help="write the embedded synthetic CIR world in both official layouts")
+    synth.add_argument("--out", required=True, help="output folder (gets fashioniq/, cirr/, corpus/)")
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--config", help="YAML file of SynthConfig fields (sizes, image size, ...)")
+    synth.set_defaults(run=_cmd_data_synth)
+    check = data.add_parser("check", help="validate a dataset folder and print counts per split")
+    check.add_argument("--dataset", required=True, help="fashioniq or cirr (or a synth-* view)")
+    check.add_argument("--root", required=True, help="the dataset folder")
+    check.set_defaults(run=_cmd_data_check)
+
+    evaluate = commands.add_parser(
+        "eval", parents=[results], help="evaluate zero-training baselines (val) or write test rankings"
+    )
+    _add_eval_flags(evaluate)
+    evaluate.set_defaults(run=_cmd_eval)
+
+    run = commands.add_parser("run", parents=[results], help="fine-tune a CIR method and record its gap curve")
+    run.add_argument("--config", help="YAML file of run settings (overridden by flags)")
+    run.add_argument("--method", help="registered method (see `list`); default combiner")
+    run.add_argument("--dataset", help="synth-fiq (default), synth-cirr, fashioniq or cirr")
+    run.add_argument("--data-root", help="folder of the dataset in its official layout")
+    run.add_argument("--backbone", help="backbone architecture (method default: the tiny config)")
+    run.add_argument("--pretrained", help="weights: synth (the suite's pre-training), an open_clip tag, or a file")
+    run.add_argument("--lora", action="store_const", const=True, help="LoRA adapters instead of full fine-tuning")
+    run.add_argument("--lora-rank", type=int)
+    run.add_argument("--lora-alpha", type=float)
+    run.add_argument("--lora-targets", help="comma-separated module names to adapt (method default otherwise)")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--accumulation-steps", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--device", help="auto (default), cpu or cuda")
+    run.add_argument("--resume", help="a run's checkpoint folder: continue it from its last checkpoint")
+    run.set_defaults(run=_cmd_run)
+
+    pretrain = commands.add_parser("pretrain", help="pre-train a tiny backbone on the synthetic corpus (cached)")
+    pretrain.add_argument("--family", required=True, choices=("clip", "blip2"))
+    pretrain.set_defaults(run=_cmd_pretrain)
+
+    commands.add_parser(
+        "report", parents=[results], help="render results/LEADERBOARD.md from the records"
+    ).set_defaults(run=_cmd_report)
+    commands.add_parser("demo", parents=[results], help="the main job on the embedded default").set_defaults(
+        run=_cmd_demo
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for a user error, printed as one line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
