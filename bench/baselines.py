@@ -18,7 +18,7 @@ class ZeroShotConfig:
     data_root: str | None = None
     split: str = "val"
     backbone: str = TINY_CLIP
-    pretrained: str | None = None
+    pretrained: str | None = "synth"
     baselines: tuple[str, ...] = ZERO_SHOT_BASELINES
     transform: str = "targetpad"
     batch_size: int = 256
@@ -72,7 +72,7 @@ def run_zero_shot(config: ZeroShotConfig, results_dir: Path, submissions_dir: Pa
         for kind in config.baselines:
             queries = zero_shot_queries(kind, references, texts)
             if not has_targets:
-                out = (submissions_dir or results_dir / "submissions") / f"{spec.name}-{kind}-{backbone.arch}"
+                out = (submissions_dir or results_dir / "submissions" / f"{spec.name}-{backbone.arch}") / kind
                 written += write_test_rankings(split, queries, gallery, out)
                 continue
             score = score_split(split, queries, gallery)

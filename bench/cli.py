@@ -33,8 +33,18 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from bench.config import read_yaml, resolve_config
     from bench.train import RunConfig, train
+
+    if args.resume:
+        print(f"wrote {train(RunConfig(), args.results_dir, resume=args.resume)}")
+        return
+    print(f"wrote {train(_run_config(args), args.results_dir)}")
+
+
+def _run_config(args: argparse.Namespace):
+    """The ``RunConfig`` of ``run`` / ``overhead``: defaults, then the YAML file, then the flags."""
+    from bench.config import read_yaml, resolve_config
+    from bench.train import RunConfig
 
     cli = {
         "method": args.method,
@@ -53,12 +63,52 @@ def _cmd_run(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "device": args.device,
     }
-    if args.resume:
-        print(f"wrote {train(RunConfig(), args.results_dir, resume=args.resume)}")
-        return
     yaml_values = read_yaml(args.config) if args.config else None
     config = resolve_config(RunConfig, yaml_values, cli, source=str(args.config))
-    print(f"wrote {train(config, args.results_dir)}")
+    return with_regularizer_flags(config, args)
+
+
+REGULARIZER_FLAGS = ("gamma", "rho", "eta", "mix", "warmup_steps", "restore", "reg_include", "reg_exclude")
+
+
+def with_regularizer_flags(config, args: argparse.Namespace):
+    """``config`` with ``--wrf`` / ``--reg`` and the regularizer's settings flags applied (flags win over YAML).
+
+    A settings flag the chosen regularizer does not take is a one-line error naming the flag.
+    """
+    import dataclasses
+
+    from bench.regularize import settings_class
+
+    if args.wrf and args.reg not in (None, "wrf"):
+        raise BenchError(f"--wrf: conflicts with --reg {args.reg} (--wrf is shorthand for --reg wrf)")
+    name = "wrf" if args.wrf else (args.reg or config.reg)
+    accepted = {f.name for f in dataclasses.fields(settings_class(name))}
+    settings = dict(config.reg_settings) if name == config.reg else {}
+    for flag in REGULARIZER_FLAGS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        key = flag.removeprefix("reg_")
+        if key not in accepted:
+            takes = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(accepted)) or "no settings"
+            raise BenchError(f"--{flag.replace('_', '-')}: regularizer {name!r} does not take it (it takes: {takes})")
+        settings[key] = value
+    return dataclasses.replace(config, reg=name, reg_settings=settings)
+
+
+def _cmd_overhead(args: argparse.Namespace) -> None:
+    from bench.overhead import measure_overhead, write_overhead_record
+
+    config = _run_config(args)
+    result = measure_overhead(config, steps=args.steps, warmup=args.warmup)
+    reg = result["regularizer"]["name"]
+    print(
+        f"{result['method']} ({result['regime']}, batch {result['batch_size']}, {result['device']}): step time "
+        f"{reg} / none = {result['ratio_median']:.2f}x median (min {result['ratio_min']:.2f}x, "
+        f"max {result['ratio_max']:.2f}x) over {result['steps']} interleaved steps"
+    )
+    print(f"wrote {write_overhead_record(result, args.results_dir)}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -124,11 +174,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from bench.baselines import ZeroShotConfig, run_zero_shot
     from bench.report import write_leaderboard
+    from bench.train import RunConfig, train
 
-    for dataset in ("synth-fiq", "synth-cirr"):
-        for path in run_zero_shot(ZeroShotConfig(dataset=dataset), Path(args.results_dir)):
-            print(f"wrote {path}")
-    board = write_leaderboard(Path(args.results_dir))
+    results = Path(args.results_dir)
+    for path in run_zero_shot(ZeroShotConfig(dataset="synth-fiq"), results):
+        print(f"wrote {path}")
+    print(f"wrote {train(RunConfig(method='combiner', dataset='synth-fiq'), results)}")
+    board = write_leaderboard(results)
     print(board.read_text())
     print(f"wrote {board}")
 
@@ -146,6 +198,36 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", help="folder for test-split rankings (default results/submissions/...)")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    # Defaults are None so that only flags the user typed override the YAML file (precedence CLI > YAML > defaults).
+    parser.add_argument("--config", help="YAML file of run settings (overridden by flags)")
+    parser.add_argument("--method", help="registered method (see `list`); default combiner")
+    parser.add_argument("--dataset", help="synth-fiq (default), synth-cirr, fashioniq or cirr")
+    parser.add_argument("--data-root", help="folder of the dataset in its official layout")
+    parser.add_argument("--backbone", help="backbone architecture (method default: the tiny config)")
+    parser.add_argument("--pretrained", help="weights: synth (the suite's pre-training), an open_clip tag, or a file")
+    parser.add_argument("--lora", action="store_const", const=True, help="LoRA adapters instead of full fine-tuning")
+    parser.add_argument("--lora-rank", type=int)
+    parser.add_argument("--lora-alpha", type=float)
+    parser.add_argument("--lora-targets", help="comma-separated module names to adapt (method default otherwise)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--accumulation-steps", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto (default), cpu or cuda")
+    parser.add_argument("--wrf", action="store_true", help="shorthand for --reg wrf")
+    parser.add_argument("--reg", help="regularizer: none (default), wrf, wrf-momentum, rwp, sam, asam")
+    parser.add_argument("--gamma", type=float, help="wrf / wrf-momentum / rwp: relative perturbation size")
+    parser.add_argument("--rho", type=float, help="sam / asam: neighbourhood radius")
+    parser.add_argument("--eta", type=float, help="asam: offset of |w|")
+    parser.add_argument("--mix", type=float, help="rwp: weight of the perturbed gradient (1 = one pass)")
+    parser.add_argument("--warmup-steps", type=int, help="wrf: steps over which gamma ramps up from 0")
+    parser.add_argument("--restore", choices=("before_step", "after_step"), help="wrf: restore order (AWP: after)")
+    parser.add_argument("--reg-include", help="regex of parameter names to perturb (replaces the default set)")
+    parser.add_argument("--reg-exclude", help="regex of parameter names never to perturb")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,24 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_cmd_eval)
 
     run = commands.add_parser("run", parents=[results], help="fine-tune a CIR method and record its gap curve")
-    run.add_argument("--config", help="YAML file of run settings (overridden by flags)")
-    run.add_argument("--method", help="registered method (see `list`); default combiner")
-    run.add_argument("--dataset", help="synth-fiq (default), synth-cirr, fashioniq or cirr")
-    run.add_argument("--data-root", help="folder of the dataset in its official layout")
-    run.add_argument("--backbone", help="backbone architecture (method default: the tiny config)")
-    run.add_argument("--pretrained", help="weights: synth (the suite's pre-training), an open_clip tag, or a file")
-    run.add_argument("--lora", action="store_const", const=True, help="LoRA adapters instead of full fine-tuning")
-    run.add_argument("--lora-rank", type=int)
-    run.add_argument("--lora-alpha", type=float)
-    run.add_argument("--lora-targets", help="comma-separated module names to adapt (method default otherwise)")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--lr", type=float)
-    run.add_argument("--accumulation-steps", type=int)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device", help="auto (default), cpu or cuda")
+    _add_run_flags(run)
     run.add_argument("--resume", help="a run's checkpoint folder: continue it from its last checkpoint")
     run.set_defaults(run=_cmd_run)
+
+    overhead = commands.add_parser("overhead", parents=[results], help="step-time ratio of a regularizer vs none")
+    _add_run_flags(overhead)
+    overhead.add_argument("--steps", type=int, default=20, help="measured steps (after warm-up)")
+    overhead.add_argument("--warmup", type=int, default=3, help="unmeasured steps first")
+    overhead.set_defaults(run=_cmd_overhead)
 
     pretrain = commands.add_parser("pretrain", help="pre-train a tiny backbone on the synthetic corpus (cached)")
     pretrain.add_argument("--family", required=True, choices=("clip", "blip2"))
@@ -203,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "report", parents=[results], help="render results/LEADERBOARD.md from the records"
     ).set_defaults(run=_cmd_report)
-    commands.add_parser("demo", parents=[results], help="the main job on the embedded default").set_defaults(
-        run=_cmd_demo
-    )
+    commands.add_parser(
+        "demo",
+        parents=[results],
+        help="the main job on the embedded default: zero-shot rows, a combiner run, the report",
+    ).set_defaults(run=_cmd_demo)
     return parser
 
 

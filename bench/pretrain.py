@@ -29,7 +29,7 @@ class PretrainConfig:
 
     family: str = "clip"
     arch: str | None = None  # default: the family's tiny config
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -200,7 +200,7 @@ def pretrain(config: PretrainConfig, world: Path, out: Path, progress: bool | No
         loss.backward()
         optimizer.step()
         scheduler.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     accuracy = image_to_text_accuracy(model, val_pixels, val_captions)
     metrics = {
         "config": asdict(config),

@@ -43,6 +43,8 @@ class RunConfig:
     weight_decay: float | None = None
     schedule: str | None = None
     accumulation_steps: int = 1
+    reg: str = "none"
+    reg_settings: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 512
@@ -64,6 +66,10 @@ class RunConfig:
             raise BenchError(f"--schedule: unknown schedule {self.schedule!r} (valid: {', '.join(SCHEDULES)})")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise BenchError(f"--device: unknown device {self.device!r} (auto, cpu or cuda[:N])")
+        from bench.config import resolve_config
+        from bench.regularize import settings_class
+
+        resolve_config(settings_class(self.reg), self.reg_settings, {}, source=f"--reg {self.reg}")
 
 
 def resolve_device(name: str) -> str:
@@ -164,6 +170,44 @@ def build_optimizer(method, lr: float, weight_decay: float, recipe, total_steps:
     return optimizer, scheduler
 
 
+def median_phases(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds per step phase (and of the whole step) over ``steps``."""
+    import statistics
+
+    if not steps:
+        return {}
+    phases = {phase for step in steps for phase in step}
+    medians = {phase: statistics.median(step.get(phase, 0.0) for step in steps) for phase in sorted(phases)}
+    medians["step"] = statistics.median(sum(step.values()) for step in steps)
+    return medians
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak memory of this run: CUDA max allocated, or the process's peak resident set size."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_timing(history: list[dict[str, Any]], device: str) -> dict[str, Any]:
+    """The run's timing summary: median step phases over its epochs, training seconds and peak memory."""
+    import statistics
+
+    epochs = [entry for entry in history if entry.get("step_seconds")]
+    phases = sorted({phase for entry in epochs for phase in entry["step_seconds"]})
+    return {
+        "device": device,
+        "clock": "cuda-events" if device.startswith("cuda") else "perf_counter",
+        "step_seconds": {p: statistics.median(e["step_seconds"].get(p, 0.0) for e in epochs) for p in phases},
+        "train_seconds": sum(entry["train_time_s"] for entry in epochs),
+        "peak_memory_bytes": peak_memory_bytes(device),
+    }
+
+
 def encode_split(method, split: CIRSplit, images, texts, batch_size: int):
     """Query and gallery features of ``split`` from the method (in eval mode, no gradients)."""
     import torch
@@ -202,6 +246,14 @@ def evaluate_splits(method, splits, images, texts, layout: str, batch_size: int)
     return aggregate(layout, per_subset), per_query
 
 
+class NonFiniteLoss(Exception):
+    """Raised by the closure before any optimizer step when the loss is NaN or infinite."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(loss)
+        self.loss = loss
+
+
 class BatchClosure:
     """One optimisation step's loss closure: zero the grads, forward and backward every micro-batch, return the loss.
 
@@ -230,6 +282,8 @@ class BatchClosure:
             total += float(loss.detach())
             for name, value in terms.items():
                 terms_sum[name] = terms_sum.get(name, 0.0) + float(value.detach()) * len(indices)
+        if not math.isfinite(total):
+            raise NonFiniteLoss(total)
         if self.first_terms is None:
             self.first_terms = terms_sum
         return total
@@ -245,6 +299,7 @@ class _State:
     best_epoch: int | None = None
     best_metrics: dict[str, Any] | None = None
     best_per_query: dict[str, Any] | None = None
+    regularizer_steps: int = 0
 
 
 def _save_checkpoint(path: Path, method, optimizer, scheduler, state: _State) -> None:
@@ -277,6 +332,68 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
+@dataclass
+class PreparedRun:
+    """Everything a run trains on, built once: the resolved config, method, regularizer and model inputs."""
+
+    config: RunConfig
+    spec: Any
+    method: Any
+    regularizer: Any
+    images: Any
+    texts: Any
+    triplets: list[tuple[str, tuple[str, ...], str]]
+    eval_sets: list[tuple[str, list[CIRSplit]]]
+    device: str
+
+
+def prepare_run(config: RunConfig, evaluation: bool = True) -> PreparedRun:
+    """Load the data, build the method (and LoRA) and the regularizer, fill the recipe's defaults into ``config``,
+    and compute the model inputs (frozen-tower features from the cache). Every input is validated before the
+    expensive parts start."""
+    import torch
+
+    from bench.data import get_dataset
+    from bench.features import build_image_inputs, build_text_inputs
+    from bench.regularize import create as create_regularizer
+
+    config.check()
+    spec = get_dataset(config.dataset)
+    root = spec.root(config.data_root)
+    train_splits = spec.load("train", root)
+    val_splits = spec.load("val", root) if evaluation else []
+    device = resolve_device(config.device)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    method = build_method(config)
+    regularizer = create_regularizer(config.reg, method, **config.reg_settings)
+    recipe = method.recipe
+    config = dataclasses.replace(
+        config,
+        epochs=config.epochs or recipe.epochs,
+        batch_size=config.batch_size or recipe.batch_size,
+        lr=config.lr if config.lr is not None else recipe.lr,
+        weight_decay=config.weight_decay if config.weight_decay is not None else recipe.weight_decay,
+        schedule=config.schedule or recipe.schedule,
+    )
+    eval_sets: list[tuple[str, list[CIRSplit]]] = []
+    if evaluation:
+        gap_splits = [gap_split(t, v, config.seed) for t, v in zip(train_splits, val_splits, strict=True)]
+        eval_sets = [("val", val_splits)] + ([("train", gap_splits)] if config.gap_subset else [])
+
+    images = build_image_inputs(method, train_splits + val_splits, use_cache=config.feature_cache)
+    triplets = [(q.reference, s.training_texts(q), q.target) for s in train_splits for q in s.queries]
+    all_texts = [t for _, variants, _ in triplets for t in variants]
+    all_texts += [s.query_text(q) for _, splits in eval_sets for s in splits for q in s.queries]
+    texts = build_text_inputs(method, all_texts, use_cache=config.feature_cache)
+    method.to(device)
+    images.tensor = images.tensor.to(device)
+    if texts.features is not None:
+        texts.features = texts.features.to(device)
+    return PreparedRun(config, spec, method, regularizer, images, texts, triplets, eval_sets, device)
+
+
 def train(
     config: RunConfig,
     results_dir: Path | str = "results",
@@ -293,12 +410,9 @@ def train(
     from tqdm import tqdm
 
     from bench.config import config_dict
-    from bench.data import get_dataset
-    from bench.features import build_image_inputs, build_text_inputs
     from bench.io import write_json
     from bench.records import make_run_id, new_record, write_record
 
-    config.check()
     checkpoint_dir = None
     payload = None
     if resume is not None:
@@ -313,36 +427,10 @@ def train(
         )
         payload = load_checkpoint(checkpoint_dir / "last.pt")
 
-    spec = get_dataset(config.dataset)
-    root = spec.root(config.data_root)
-    train_splits = spec.load("train", root)
-    val_splits = spec.load("val", root)
-    device = resolve_device(config.device)
-
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    method = build_method(config)
+    run = prepare_run(config)
+    config, spec, method, regularizer = run.config, run.spec, run.method, run.regularizer
+    images, texts, triplets, eval_sets, device = run.images, run.texts, run.triplets, run.eval_sets, run.device
     recipe = method.recipe
-    config = dataclasses.replace(
-        config,
-        epochs=config.epochs or recipe.epochs,
-        batch_size=config.batch_size or recipe.batch_size,
-        lr=config.lr if config.lr is not None else recipe.lr,
-        weight_decay=config.weight_decay if config.weight_decay is not None else recipe.weight_decay,
-        schedule=config.schedule or recipe.schedule,
-    )
-    gap_splits = [gap_split(t, v, config.seed) for t, v in zip(train_splits, val_splits, strict=True)]
-    eval_sets = [("val", val_splits)] + ([("train", gap_splits)] if config.gap_subset else [])
-
-    images = build_image_inputs(method, train_splits + val_splits, use_cache=config.feature_cache)
-    triplets = [(q.reference, s.training_texts(q), q.target) for s in train_splits for q in s.queries]
-    all_texts = [t for _, variants, _ in triplets for t in variants]
-    all_texts += [s.query_text(q) for _, splits in eval_sets for s in splits for q in s.queries]
-    texts = build_text_inputs(method, all_texts, use_cache=config.feature_cache)
-    method.to(device)
-    images.tensor = images.tensor.to(device)
-    if texts.features is not None:
-        texts.features = texts.features.to(device)
 
     steps_per_epoch = math.ceil(len(triplets) / (config.batch_size * config.accumulation_steps))
     optimizer, scheduler = build_optimizer(
@@ -360,10 +448,27 @@ def train(
         scheduler.load_state_dict(payload["scheduler"])
         state = _State(**payload["state"])
         torch.set_rng_state(payload["torch_rng"])
+        regularizer.steps = state.regularizer_steps
 
     amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    regularizer.scaler = scaler
     batch = config.batch_size
+
+    def evaluate_epoch(entry: dict[str, Any]):
+        """Add val and train-gap metrics to ``entry``; returns val's metrics and per-query hits."""
+        for label, splits in eval_sets:
+            metrics, per_query = evaluate_splits(method, splits, images, texts, spec.layout, config.eval_batch_size)
+            entry[label] = metrics
+            if label == "val":
+                val = metrics, per_query
+        return val
+
+    if not state.history:
+        # Epoch 0: the untrained model, the baseline every gap curve and "did training help" starts from.
+        entry = {"epoch": 0}
+        evaluate_epoch(entry)
+        state.history.append(entry)
     for epoch in range(state.epoch, config.epochs):
         method.train()
         order = torch.randperm(len(triplets), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
@@ -371,6 +476,7 @@ def train(
         chosen = [text_rng.choice(triplets[i][1]) for i in order.tolist()]
         started = time.perf_counter()
         totals: dict[str, float] = {}
+        step_seconds: list[dict[str, float]] = []
         micro = [(order[s : s + batch].tolist(), chosen[s : s + batch]) for s in range(0, len(order), batch)]
         groups = [micro[g : g + config.accumulation_steps] for g in range(0, len(micro), config.accumulation_steps)]
         # disable=None lets tqdm hide the bar when stderr is not a terminal (CI logs, tests).
@@ -382,15 +488,15 @@ def train(
         )
         for step, group in enumerate(bar):
             closure = BatchClosure(method, optimizer, scaler, images, texts, triplets, group, amp)
-            loss = closure()
-            if not math.isfinite(loss):
+            try:
+                loss = regularizer.step(closure, optimizer)
+            except NonFiniteLoss as exc:
                 last = checkpoint_dir / "last.pt"
                 kept = f"last good checkpoint kept at {last}" if last.is_file() else "no checkpoint was written yet"
                 raise BenchError(
-                    f"run {run_id}: loss became {loss} at epoch {epoch + 1} step {step + 1}; stopped ({kept})"
-                )
-            scaler.step(optimizer)
-            scaler.update()
+                    f"run {run_id}: loss became {exc.loss} at epoch {epoch + 1} step {step + 1}; stopped ({kept})"
+                ) from None
+            step_seconds.append(regularizer.last_seconds)
             scheduler.step()
             for name, value in closure.first_terms.items():
                 totals[name] = totals.get(name, 0.0) + value
@@ -400,13 +506,11 @@ def train(
             "epoch": epoch + 1,
             "loss": {name: value / len(triplets) for name, value in totals.items()},
             "train_time_s": train_time,
+            "step_seconds": median_phases(step_seconds),
         }
-        for label, splits in eval_sets:
-            metrics, per_query = evaluate_splits(method, splits, images, texts, spec.layout, config.eval_batch_size)
-            entry[label] = metrics
-            if label == "val":
-                val_metrics, val_per_query = metrics, per_query
+        val_metrics, val_per_query = evaluate_epoch(entry)
         state.epoch = epoch + 1
+        state.regularizer_steps = regularizer.steps
         state.history.append(entry)
         score = selection_score(spec.layout, val_metrics)
         is_best = score > state.best_score
@@ -424,7 +528,7 @@ def train(
         method=config.method,
         backbone=method.describe_backbone(),
         regime="lora" if config.lora else "full",
-        regularizer={"name": "none"},
+        regularizer=regularizer.describe(),
         seed=config.seed,
         dataset=spec.name,
         layout=spec.layout,
@@ -435,5 +539,6 @@ def train(
         history=state.history,
         per_query=state.best_per_query,
         checkpoint_dir=str(checkpoint_dir),
+        timing=run_timing(state.history, device),
     )
     return write_record(record, results_dir)

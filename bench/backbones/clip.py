@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -20,11 +22,28 @@ TINY_CLIP = "cirbench-tiny-clip"
 
 @cache
 def _open_clip():
-    """Import open_clip once and register the suite's own model configs with it."""
-    import open_clip
+    """Import open_clip once and register the suite's own model configs with it.
 
+    open_clip imports transformers eagerly, though only CLIPs with a Hugging Face text tower use it; importing it
+    costs seconds and memory, and a CLIP run should not pay for it. So transformers is hidden while open_clip is
+    imported, and ``_enable_hf_text_towers`` brings it back for the architectures that need it.
+    """
+    if "transformers" in sys.modules:
+        import open_clip
+    else:
+        sys.modules["transformers"] = None  # makes ``import transformers`` raise ImportError
+        try:
+            import open_clip
+        finally:
+            del sys.modules["transformers"]
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     return open_clip
+
+
+def _enable_hf_text_towers(open_clip) -> None:
+    """Re-run open_clip's Hugging Face adapter module with transformers importable (its classes see the update)."""
+    if open_clip.hf_model.transformers is None:
+        importlib.reload(open_clip.hf_model)
 
 
 @contextmanager
@@ -79,6 +98,8 @@ def load_clip(arch: str, pretrained: str | None = None, device: str = "cpu") -> 
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise BenchError(f"--backbone: unknown CLIP architecture {arch!r}{hint} (see `python -m bench list`)")
+    if open_clip.get_model_config(arch)["text_cfg"].get("hf_model_name"):
+        _enable_hf_text_towers(open_clip)
     weights = resolve_weights("clip", arch, pretrained)
     if weights is not None and Path(weights).suffix and not Path(weights).is_file():
         raise BenchError(f"--pretrained: checkpoint file {weights} does not exist")

@@ -1,0 +1,127 @@
+"""The training loop end to end on the embedded data: learning, gap curves, resume, failure handling."""
+
+import json
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.errors import BenchError
+from bench.train import RunConfig, selection_score, train
+from methods import list_methods
+
+FAMILY = {"combiner": "clip", "clip4cir": "clip", "blip2": "blip2"}
+EPOCHS = {"combiner": 4, "clip4cir": 2, "blip2": 3}
+
+
+def run_config(world, **overrides):
+    settings = dict(method="combiner", dataset="synth-cirr", data_root=str(world), pretrained="none", epochs=2)
+    settings.update(overrides)
+    return RunConfig(**settings)
+
+
+@pytest.mark.xdist_group("pretrained")  # one worker pre-trains once for all of these
+@pytest.mark.parametrize("name", list_methods())
+def test_training_raises_val_recall_above_the_untrained_model(name, small_world, pretrained, tmp_path):
+    weights = str(pretrained[FAMILY.get(name, "clip")][0])
+    path = train(run_config(small_world, method=name, pretrained=weights, epochs=EPOCHS.get(name, 2)), tmp_path)
+    record = json.loads(path.read_text())
+    history = record["history"]
+    assert [h["epoch"] for h in history] == list(range(EPOCHS.get(name, 2) + 1))
+    untrained = selection_score("cirr", history[0]["val"])
+    assert selection_score("cirr", record["metrics"]) > untrained
+    for entry in history[1:]:
+        assert set(entry) >= {"loss", "val", "train", "train_time_s"}
+        assert set(entry["train"]["all"]) == set(entry["val"]["all"])
+    assert record["regime"] == "full" and record["backbone"]["family"] == FAMILY.get(name, "clip")
+    assert json.loads((tmp_path / "checkpoints" / record["run_id"] / "config.json").read_text())["method"] == name
+
+
+def test_resume_continues_bit_identically(small_world, tmp_path):
+    config = run_config(small_world, epochs=3)
+    whole = json.loads(train(config, tmp_path / "whole").read_text())
+    assert train(config, tmp_path / "parts", stop_after_epoch=1) is None
+    (folder,) = (tmp_path / "parts" / "checkpoints").iterdir()
+    resumed = json.loads(train(RunConfig(), tmp_path / "parts", resume=folder).read_text())
+
+    def without_times(history):
+        return [{k: v for k, v in entry.items() if k != "train_time_s"} for entry in history]
+
+    assert without_times(resumed["history"]) == without_times(whole["history"])
+    assert resumed["metrics"] == whole["metrics"] and resumed["per_query"] == whole["per_query"]
+    first = torch.load(tmp_path / "whole" / "checkpoints" / whole["run_id"] / "last.pt", weights_only=False)
+    second = torch.load(folder / "last.pt", weights_only=False)
+    assert first["trainable"].keys() == second["trainable"].keys()
+    assert all(torch.equal(first["trainable"][k], second["trainable"][k]) for k in first["trainable"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_world, tmp_path, monkeypatch):
+    from methods.combiner import Combiner
+
+    calls = {"n": 0}
+    original = Combiner.losses
+
+    def poisoned(self, reference, text, target):
+        calls["n"] += 1
+        terms = original(self, reference, text, target)
+        return {"contrastive": terms["contrastive"] * float("nan")} if calls["n"] > 3 else terms
+
+    monkeypatch.setattr(Combiner, "losses", poisoned)
+    config = run_config(small_world, epochs=3, batch_size=128)
+    with pytest.raises(BenchError, match=r"loss became nan at epoch 2 step 1; stopped \(last good checkpoint kept"):
+        train(config, tmp_path)
+    (folder,) = (tmp_path / "checkpoints").iterdir()
+    assert torch.load(folder / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def cli(capsys, *argv):
+    status = main(list(argv))
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--method", "combinr"], ["--method", "did you mean combiner"]),
+        (["--backbone", "RN50x5"], ["--backbone"]),
+        (["--dataset", "cirrr"], ["--dataset"]),
+        (["--lora", "--lora-targets", "nothing"], ["--lora-targets", "nothing"]),
+        (["--epochs", "0"], ["--epochs", "at least 1"]),
+        (["--lr", "nan"], ["--lr"]),
+    ],
+)
+def test_bad_run_input_is_one_line_before_training(capsys, small_world, tmp_path, argv, needles):
+    base = ["run", "--dataset", "synth-cirr", "--data-root", str(small_world), "--pretrained", "none"]
+    status, err = cli(capsys, *base, *argv, "--results-dir", str(tmp_path))
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(needle in err for needle in needles), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_of_another_architecture_is_rejected(capsys, small_world, tmp_path):
+    from bench.backbones.blip2 import load_blip2
+
+    wrong = tmp_path / "blip2.pt"
+    torch.save(load_blip2().model.state_dict(), wrong)
+    status, err = cli(
+        capsys,
+        "run",
+        "--dataset",
+        "synth-cirr",
+        "--data-root",
+        str(small_world),
+        "--pretrained",
+        str(wrong),
+        "--results-dir",
+        str(tmp_path),
+    )
+    assert status == 2 and "--pretrained" in err and str(wrong) in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_root_not_in_the_layout(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    status, err = cli(
+        capsys, "run", "--dataset", "cirr", "--data-root", str(tmp_path / "empty"), "--results-dir", str(tmp_path)
+    )
+    assert status == 2 and "empty" in err and "captions" in err
