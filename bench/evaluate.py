@@ -87,8 +87,7 @@ def score_split(split: CIRSplit, query_features, gallery_features) -> SplitScore
             targets,
             [q.members for q in split.queries],
         )
-    # Counted in integers so that recall is exactly hits/queries (a float32 mean is off in the 7th digit).
-    return SplitScore({name: 100.0 * int(h.sum()) / h.numel() for name, h in hits.items()}, hits)
+    return SplitScore(metrics.recall_from_hits(hits), hits)
 
 
 def aggregate(layout: str, per_subset: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -122,7 +122,7 @@ def fashioniq_recall(
     The reference image stays in the gallery (it can take rank 1). ``target_names`` holds one gallery name per query;
     a name missing from ``gallery_names`` is an error.
     """
-    return _recall(fashioniq_hits(queries, gallery, gallery_names, target_names, ks))
+    return recall_from_hits(fashioniq_hits(queries, gallery, gallery_names, target_names, ks))
 
 
 def cirr_hits(
@@ -167,7 +167,9 @@ def cirr_recall(
     no name and contain the query's reference, as the CLIP4Cir code assumes. A target that is its own reference or
     not among the members can never hit. Use ``cirr_average`` for the published "Avg".
     """
-    return _recall(cirr_hits(queries, gallery, gallery_names, reference_names, target_names, members, ks, subset_ks))
+    return recall_from_hits(
+        cirr_hits(queries, gallery, gallery_names, reference_names, target_names, members, ks, subset_ks)
+    )
 
 
 def cirr_submission(
@@ -240,7 +242,8 @@ def _hits(ranking: Tensor, target: Tensor, ks: list[int], prefix: str) -> dict[s
     return {f"{prefix}@{k}": found[:, :k].any(dim=1) for k in ks}
 
 
-def _recall(hits: dict[str, Tensor]) -> dict[str, float]:
+def recall_from_hits(hits: dict[str, Tensor]) -> dict[str, float]:
+    """Percent of queries hit per metric, counted in integers (exactly hits / queries)."""
     return {name: 100.0 * int(hit.sum()) / hit.numel() for name, hit in hits.items()}
 
 

@@ -144,6 +144,12 @@ class Regularizer:
         }
         include = getattr(self.settings, "include", None)
         exclude = getattr(self.settings, "exclude", None)
+        # A bad regex is a one-line error naming its flag, not a re.error traceback.
+        for flag, pattern in (("--reg-include", include), ("--reg-exclude", exclude)):
+            try:
+                re.compile(pattern or "")
+            except re.error as exc:
+                raise BenchError(f"{flag}: {pattern!r} is not a valid regular expression ({exc})") from None
         chosen = []
         for name, parameter in model.named_parameters():
             if not parameter.requires_grad:
@@ -180,6 +186,8 @@ class Regularizer:
 
     def step(self, closure: Callable[[], float], optimizer: torch.optim.Optimizer) -> float:
         """One training step; returns the loss at the unperturbed weights (see each variant)."""
+        # Decided per step, not at creation: prepare_run creates the regularizer before moving the model to CUDA.
+        self.timer.cuda = any(p.is_cuda for p in self.model.parameters())
         self.timer.start()
         loss = self._step(closure, optimizer)
         self.steps += 1
@@ -198,28 +206,50 @@ class Regularizer:
         ``before_step``: the saved weights are copied back (exactly w) and the optimizer steps from w with the
         gradient taken at w + e. ``after_step`` (AWP's order): the optimizer steps from w + e, then e is removed.
         """
-        saved = []
+        pairs = [
+            (p, offset.to(p.dtype)) for (_, p), offset in zip(self.targets, offsets, strict=True) if offset is not None
+        ]
+        params, deltas = [p for p, _ in pairs], [d for _, d in pairs]
         with torch.no_grad():
-            for (_, parameter), offset in zip(self.targets, offsets, strict=True):
-                if offset is not None:
-                    saved.append((parameter, parameter.detach().clone(), offset))
-                    parameter.add_(offset.to(parameter.dtype))
+            saved = [p.detach().clone() for p in params] if restore == "before_step" else []
+            if params:
+                torch._foreach_add_(params, deltas)
         self.timer.mark("perturb")
         loss = closure()
         self.timer.mark("second_pass")
         if restore == "before_step":
             with torch.no_grad():
-                for parameter, original, _ in saved:
-                    parameter.copy_(original)
+                if params:
+                    torch._foreach_copy_(params, saved)
             self.timer.mark("restore")
             self._optimizer_step(optimizer)
         else:
             self._optimizer_step(optimizer)
             with torch.no_grad():
-                for parameter, _, offset in saved:
-                    parameter.sub_(offset.to(parameter.dtype))
+                if params:
+                    torch._foreach_sub_(params, deltas)
             self.timer.mark("restore")
         return loss
+
+    def _scaled_directions(self, directions: list[torch.Tensor | None], gamma: float) -> list[torch.Tensor | None]:
+        """γ·‖w_l‖·d_l/(‖d_l‖ + 1e-12) per target tensor (None where d_l is None), with fused per-list kernels.
+
+        A non-finite direction (an overflowed fp16 gradient) perturbs nothing: the scaler skips that step anyway.
+        """
+        present = [i for i, d in enumerate(directions) if d is not None]
+        offsets: list[torch.Tensor | None] = [None] * len(directions)
+        if not present:
+            return offsets
+        params = [self.targets[i][1].detach() for i in present]
+        found = [directions[i] for i in present]
+        weight_norms = torch.stack(torch._foreach_norm(params)).float()
+        direction_norms = torch.stack(torch._foreach_norm(found)).float()
+        if not bool(torch.isfinite(direction_norms).all()):
+            return offsets
+        scales = (gamma * weight_norms / (direction_norms + 1e-12)).tolist()
+        for i, offset in zip(present, torch._foreach_mul(found, scales), strict=True):
+            offsets[i] = offset
+        return offsets
 
 
 @register_regularizer("none")
@@ -270,18 +300,9 @@ class WRF(Regularizer):
             return super()._step(closure, optimizer)
         loss = closure()
         self.timer.mark("first_pass")
-        offsets = []
         with torch.no_grad():
-            for _, parameter in self.targets:
-                if parameter.grad is None:
-                    offsets.append(None)
-                    continue
-                grad = self._unscaled(parameter.grad)
-                if not bool(torch.isfinite(grad).all()):
-                    offsets.append(None)  # an overflowed fp16 step: the scaler skips it anyway
-                    continue
-                scale = gamma * torch.linalg.vector_norm(parameter.float()) / (torch.linalg.vector_norm(grad) + 1e-12)
-                offsets.append(grad * scale)
+            grads = [None if p.grad is None else self._unscaled(p.grad) for _, p in self.targets]
+            offsets = self._scaled_directions(grads, gamma)
         self._perturbed_step(closure, optimizer, offsets, self.settings.restore)
         return loss
 
@@ -302,24 +323,18 @@ class MomentumWRF(Regularizer):
             _finite_non_negative("gamma", self.gamma)
 
     def _step(self, closure, optimizer) -> float:
-        gamma = self.settings.gamma
-        offsets = []
+        moments = []
+        for _, parameter in self.targets:
+            state = optimizer.state.get(parameter, {})
+            moments.append(state.get("exp_avg", state.get("momentum_buffer")))
+        # The first step has no moment yet: a plain step.
         with torch.no_grad():
-            for _, parameter in self.targets:
-                state = optimizer.state.get(parameter, {})
-                moment = state.get("exp_avg", state.get("momentum_buffer"))
-                if gamma == 0 or moment is None:
-                    offsets.append(None)  # the first step has no moment yet: a plain step
-                    continue
-                moment = moment.float()
-                scale = gamma * torch.linalg.vector_norm(parameter.float()) / (torch.linalg.vector_norm(moment) + 1e-12)
-                offsets.append(moment * scale)
-        self.timer.mark("first_pass")
+            offsets = (
+                self._scaled_directions(moments, self.settings.gamma) if self.settings.gamma else [None] * len(moments)
+            )
         if all(offset is None for offset in offsets):
-            loss = closure()
-            self.timer.mark("second_pass")
-            self._optimizer_step(optimizer)
-            return loss
+            return super()._step(closure, optimizer)
+        # The one forward/backward runs at w + e (timed as "second_pass": the pass at perturbed weights).
         return self._perturbed_step(closure, optimizer, offsets)
 
 
@@ -344,6 +359,8 @@ class RandomWeightPerturbation(Regularizer):
 
     def _noise(self, parameter: torch.Tensor) -> torch.Tensor:
         weights = parameter.detach().float()
+        if weights.ndim == 0:  # a scalar picked by --reg-include (e.g. a temperature): its own filter
+            return torch.randn_like(weights) * self.settings.gamma * weights.abs()
         filter_norms = torch.linalg.vector_norm(weights.reshape(len(weights), -1), dim=1)
         shape = (len(weights),) + (1,) * (weights.ndim - 1)
         return torch.randn_like(weights) * (self.settings.gamma * filter_norms).reshape(shape)
@@ -351,9 +368,11 @@ class RandomWeightPerturbation(Regularizer):
     def _step(self, closure, optimizer) -> float:
         mix = self.settings.mix
         clean: list[torch.Tensor | None] | None = None
+        # RWP mixes the whole gradient, so every trainable tensor (not only the perturbed ones) gets the mix.
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         if mix < 1:
             closure()
-            clean = [None if p.grad is None else p.grad.detach().clone() for _, p in self.targets]
+            clean = [None if p.grad is None else p.grad.detach().clone() for p in trainable]
         self.timer.mark("first_pass")
         offsets = [self._noise(parameter) for _, parameter in self.targets]
         saved = [(p, p.detach().clone()) for _, p in self.targets]
@@ -367,7 +386,7 @@ class RandomWeightPerturbation(Regularizer):
             for parameter, original in saved:
                 parameter.copy_(original)
             if clean is not None:
-                for (_, parameter), gradient in zip(self.targets, clean, strict=True):
+                for parameter, gradient in zip(trainable, clean, strict=True):
                     if parameter.grad is not None and gradient is not None:
                         parameter.grad.mul_(mix).add_(gradient, alpha=1 - mix)
         self.timer.mark("restore")
@@ -396,6 +415,10 @@ class _SharpnessAware(Regularizer):
             norm = torch.linalg.vector_norm(
                 torch.stack([torch.linalg.vector_norm(g * s if s is not None else g) for g, s in filter(None, pieces)])
             )
+            if not bool(torch.isfinite(norm)):
+                # An overflowed fp16 step (inf/NaN gradients): ε would write NaN into the weights and the second
+                # pass's loss would be NaN (a "non-finite loss" stop); the scaler skips this step anyway.
+                pieces = [None] * len(pieces)
             offsets = [
                 None
                 if piece is None

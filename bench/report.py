@@ -78,6 +78,8 @@ def render_leaderboard(records: list[dict[str, Any]]) -> str:
     ]
     by_dataset: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in records:
+        if record.get("kind") == "overhead":
+            continue  # step-time measurements, not recall
         by_dataset.setdefault((record["layout"], record["dataset"], record["split"]), []).append(record)
     if not by_dataset:
         lines += ["", "No records yet."]

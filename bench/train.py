@@ -422,9 +422,9 @@ def train(
             raise BenchError(f"--resume: {checkpoint_dir} has no config.json (not a run's checkpoint folder)")
         import json
 
-        config = RunConfig(
-            **{k: tuple(v) if k == "lora_targets" and v else v for k, v in json.loads(saved.read_text()).items()}
-        )
+        from bench.config import resolve_config
+
+        config = resolve_config(RunConfig, json.loads(saved.read_text()), {}, source=str(saved))
         payload = load_checkpoint(checkpoint_dir / "last.pt")
 
     run = prepare_run(config)

@@ -44,3 +44,9 @@ def test_write_leaderboard_renders_from_records_on_disk(tmp_path):
     path = write_leaderboard(tmp_path)
     assert path == tmp_path / "LEADERBOARD.md"
     assert "10.00" in path.read_text()
+
+
+def test_overhead_records_are_not_recall_rows():
+    overhead = make_record(metrics={}, kind="overhead", overhead={"ratio_median": 2.0})
+    text = render_leaderboard([make_record(), overhead])
+    assert text.count("zero-shot-sum") == 1

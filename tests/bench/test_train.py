@@ -125,3 +125,62 @@ def test_data_root_not_in_the_layout(capsys, tmp_path):
         capsys, "run", "--dataset", "cirr", "--data-root", str(tmp_path / "empty"), "--results-dir", str(tmp_path)
     )
     assert status == 2 and "empty" in err and "captions" in err
+
+
+def test_wrf_run_records_its_settings_and_timing_breakdown(small_world, tmp_path):
+    config = run_config(small_world, epochs=1, reg="wrf", reg_settings={"gamma": 0.01})
+    record = json.loads(train(config, tmp_path).read_text())
+    assert record["regularizer"] == {"name": "wrf", "gamma": 0.01, "warmup_steps": 0, "restore": "before_step"}
+    phases = record["history"][1]["step_seconds"]
+    assert set(phases) == {"first_pass", "perturb", "second_pass", "restore", "optimizer_step", "step"}
+    assert record["timing"]["peak_memory_bytes"] > 0 and record["timing"]["clock"] == "perf_counter"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--reg", "wfr"], ["--reg", "did you mean wrf"]),
+        (["--wrf", "--gamma", "-1"], ["--gamma", "non-negative"]),
+        (["--wrf", "--gamma", "inf"], ["--gamma"]),
+        (["--reg", "sam", "--rho", "0"], ["--rho", "positive"]),
+        (["--gamma", "0.01"], ["--gamma", "'none' does not take it"]),
+        (["--reg", "sam", "--gamma", "0.01"], ["--gamma", "'sam'"]),
+        (["--wrf", "--reg-include", "no_such_parameter"], ["--reg-include", "no_such_parameter"]),
+        (["--wrf", "--reg", "sam"], ["--wrf", "conflicts"]),
+    ],
+)
+def test_bad_regularizer_input_is_one_line_before_training(capsys, small_world, tmp_path, argv, needles):
+    base = ["run", "--dataset", "synth-cirr", "--data-root", str(small_world), "--pretrained", "none"]
+    status, err = cli(capsys, *base, *argv, "--results-dir", str(tmp_path))
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(needle in err for needle in needles), err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_overhead_command_prints_the_ratio_and_writes_a_record(capsys, small_world, tmp_path):
+    status = main(
+        [
+            "overhead",
+            "--method",
+            "combiner",
+            "--wrf",
+            "--dataset",
+            "synth-cirr",
+            "--data-root",
+            str(small_world),
+            "--pretrained",
+            "none",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0 and "wrf / none =" in out and "median (min" in out
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["kind"] == "overhead" and record["overhead"]["steps"] == 3
+    assert record["overhead"]["ratio_min"] <= record["overhead"]["ratio_median"] <= record["overhead"]["ratio_max"]
