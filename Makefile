@@ -8,9 +8,9 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: demo test lint install clean
 
+# pip's "Location ... is ignored" lines come from the machine's local wheel index config: noise, not errors.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# pip's "Location ... is ignored" lines come from the machine's local wheel index config: noise, not errors.
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
 
