@@ -186,14 +186,20 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote {board}")
 
 
-def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     # Defaults are None so that only flags the user typed override the YAML file (precedence CLI > YAML > defaults).
     parser.add_argument("--config", help="YAML file of settings (overridden by flags)")
-    parser.add_argument("--dataset", help="dataset name (see `list`); default synth-fiq")
-    parser.add_argument("--data-root", help="folder of a real dataset in its official layout")
+    parser.add_argument("--dataset", help="synth-fiq (default), synth-cirr, fashioniq or cirr (see `list`)")
+    parser.add_argument("--data-root", help="folder of the dataset in its official layout")
+    parser.add_argument("--backbone", help="backbone architecture (default: the method's tiny config)")
+    parser.add_argument(
+        "--pretrained", help="weights: synth (the suite's pre-training), none, an open_clip tag, a file"
+    )
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    _add_common_flags(parser)
     parser.add_argument("--split", help="val (scored) or test/test1 (rankings / CIRR server files)")
-    parser.add_argument("--backbone", help="open_clip architecture; default the tiny CPU config")
-    parser.add_argument("--pretrained", help="open_clip pretrained tag or a local checkpoint file")
     parser.add_argument("--baseline", action="append", help="image-only, text-only or sum (repeatable); default all")
     parser.add_argument("--transform", help="targetpad (default), squarepad or clip")
     parser.add_argument("--batch-size", type=int)
@@ -202,13 +208,8 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    # Defaults are None so that only flags the user typed override the YAML file (precedence CLI > YAML > defaults).
-    parser.add_argument("--config", help="YAML file of run settings (overridden by flags)")
+    _add_common_flags(parser)
     parser.add_argument("--method", help="registered method (see `list`); default combiner")
-    parser.add_argument("--dataset", help="synth-fiq (default), synth-cirr, fashioniq or cirr")
-    parser.add_argument("--data-root", help="folder of the dataset in its official layout")
-    parser.add_argument("--backbone", help="backbone architecture (method default: the tiny config)")
-    parser.add_argument("--pretrained", help="weights: synth (the suite's pre-training), an open_clip tag, or a file")
     parser.add_argument("--lora", action="store_const", const=True, help="LoRA adapters instead of full fine-tuning")
     parser.add_argument("--lora-rank", type=int)
     parser.add_argument("--lora-alpha", type=float)
