@@ -147,7 +147,9 @@ def gap_split(train: CIRSplit, val: CIRSplit, seed: int) -> CIRSplit:
     others = [n for n in train.gallery_names if n not in needed]
     rng.shuffle(others)
     gallery = list(needed) + others[: max(0, len(val.gallery_names) - len(needed))]
-    gallery.sort(key=train.gallery_names.index if len(train.gallery_names) < 20000 else str)
+    # Keep the split's gallery order (ties rank by gallery index); names outside the split file go last.
+    position = {name: i for i, name in enumerate(train.gallery_names)}
+    gallery.sort(key=lambda name: position.get(name, len(position)))
     return dataclasses.replace(train, split="train-gap", queries=tuple(queries), gallery_names=tuple(gallery))
 
 
