@@ -184,3 +184,26 @@ def test_overhead_command_prints_the_ratio_and_writes_a_record(capsys, small_wor
     record = json.loads(path.read_text())
     assert record["kind"] == "overhead" and record["overhead"]["steps"] == 3
     assert record["overhead"]["ratio_min"] <= record["overhead"]["ratio_median"] <= record["overhead"]["ratio_max"]
+
+
+def test_combiner_stage_two_loads_a_clip4cir_checkpoint(small_world, tmp_path):
+    stage1 = json.loads(train(run_config(small_world, method="clip4cir", epochs=1), tmp_path).read_text())
+    best = tmp_path / "checkpoints" / stage1["run_id"] / "best.pt"
+    options = {"stage1_checkpoint": str(best)}
+    record = json.loads(train(run_config(small_world, epochs=1, method_options=options), tmp_path).read_text())
+    assert record["config"]["method_options"] == options
+    from methods import create_method
+
+    combiner = create_method("combiner", pretrained="none", stage1_checkpoint=str(best))
+    tuned = torch.load(best, weights_only=False)["trainable"]
+    name = next(k for k in tuned if k.startswith("clip_model.visual."))
+    assert torch.equal(combiner.state_dict()[name], tuned[name])
+
+
+def test_stage_two_rejects_a_checkpoint_without_clip_tensors(small_world, tmp_path):
+    stage1 = json.loads(train(run_config(small_world, epochs=1), tmp_path).read_text())
+    best = tmp_path / "checkpoints" / stage1["run_id"] / "best.pt"
+    from methods import create_method
+
+    with pytest.raises(BenchError, match="stage1_checkpoint: .* holds no fully fine-tuned CLIP tensors"):
+        create_method("combiner", pretrained="none", stage1_checkpoint=str(best))
