@@ -31,6 +31,16 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_class(self, name: str, name_attribute: str) -> Callable[[T], T]:
+        """Class decorator registering its class under ``name`` and recording ``name`` on it as ``name_attribute``."""
+
+        def add(cls: T) -> T:
+            setattr(cls, name_attribute, name)
+            self.add(name, cls)
+            return cls
+
+        return add
+
     def add(self, name: str, entry: T) -> None:
         """Register ``entry`` under ``name``; a duplicate name raises ``ValueError`` (a programming error)."""
         if name in self._entries:

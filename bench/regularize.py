@@ -54,13 +54,7 @@ _POSITION_TABLES = re.compile(r"(^|\.)(positional_embedding|position_embeddings|
 
 def register_regularizer(name: str):
     """Class decorator registering a ``Regularizer`` subclass under ``name``."""
-
-    def add(cls: type) -> type:
-        cls.name = name
-        REGULARIZERS.add(name, cls)
-        return cls
-
-    return add
+    return REGULARIZERS.register_class(name, "name")
 
 
 def list_regularizers() -> list[str]:

@@ -20,13 +20,7 @@ METHODS: Registry[type] = Registry("method")
 
 def register_method(name: str):
     """Class decorator registering a ``CIRMethod`` subclass under ``name`` (a duplicate name raises)."""
-
-    def add(cls: type) -> type:
-        cls.method_name = name
-        METHODS.add(name, cls)
-        return cls
-
-    return add
+    return METHODS.register_class(name, "method_name")
 
 
 @cache
