@@ -166,9 +166,65 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from bench.report import write_leaderboard
+    from bench.report import stale_outputs, write_leaderboard
 
-    print(f"wrote {write_leaderboard(Path(args.results_dir))}")
+    if args.check:
+        stale = stale_outputs(Path(args.results_dir))
+        if stale:
+            raise BenchError(
+                f"{stale[0]}: stale, it differs from what the records render (run `python -m bench report`)"
+            )
+        print(f"{args.results_dir}: the leaderboard is up to date with the records")
+        return
+    for path in write_leaderboard(Path(args.results_dir), plots=not args.no_plots):
+        print(f"wrote {path}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from bench.report import write_leaderboard
+    from sweeps.study import load_sweep, run_sweep, sweep_summary
+
+    sweep = load_sweep(args.file, trials=args.n_trials)
+    study = run_sweep(sweep, Path(args.results_dir), storage=args.storage, workers=args.workers)
+    summary = sweep_summary(study)
+    states = ", ".join(f"{count} {state}" for state, count in sorted(summary["states"].items()))
+    print(f"study {sweep.name}: {states}")
+    if summary["baseline"] is not None:
+        print(f"  baseline (no regularizer): {sweep.objective} = {summary['baseline'].value:.2f}")
+    if summary["best"] is not None:
+        best = summary["best"]
+        params = ", ".join(f"{k}={v:.3g}" for k, v in best.params.items())
+        print(f"  best trial {best.number} ({sweep.regularizer}, {params}): {sweep.objective} = {best.value:.2f}")
+    for path in write_leaderboard(Path(args.results_dir)):
+        print(f"wrote {path}")
+
+
+def _cmd_sweep_report(args: argparse.Namespace) -> None:
+    from sweeps.study import export_study
+
+    for path in export_study(args.name, Path(args.results_dir), storage=args.storage):
+        print(f"wrote {path}")
+
+
+def _cmd_landscape(args: argparse.Namespace) -> None:
+    from bench.landscape import add_landscape
+
+    try:
+        gammas = tuple(float(g) for g in args.gammas.split(","))
+    except ValueError:
+        raise BenchError(f"--gammas: expected comma-separated numbers, got {args.gammas!r}") from None
+    path = add_landscape(
+        args.run,
+        Path(args.results_dir),
+        points=args.points,
+        grid=args.grid,
+        span=args.span,
+        samples=args.samples,
+        gammas=gammas,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+    )
+    print(f"wrote the landscape into {path} (plots: python -m bench report)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -181,9 +237,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
     for reg in ("none", "wrf"):
         print(f"wrote {train(RunConfig(method='combiner', dataset='synth-fiq', reg=reg), results)}")
-    board = write_leaderboard(results)
-    print(board.read_text())
-    print(f"wrote {board}")
+    paths = write_leaderboard(results)
+    print(paths[0].read_text())
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -275,9 +332,39 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--family", required=True, choices=("clip", "blip2"))
     pretrain.set_defaults(run=_cmd_pretrain)
 
-    commands.add_parser(
-        "report", parents=[results], help="render results/LEADERBOARD.md from the records"
-    ).set_defaults(run=_cmd_report)
+    report = commands.add_parser(
+        "report", parents=[results], help="render the leaderboard (Markdown, CSV, LaTeX) and plots from the records"
+    )
+    report.add_argument("--check", action="store_true", help="fail if the committed leaderboard files are stale")
+    report.add_argument("--no-plots", action="store_true", help="only the leaderboard files")
+    report.set_defaults(run=_cmd_report)
+
+    sweep = commands.add_parser("sweep", parents=[results], help="run (or resume) an Optuna study of sweeps/NAME.yaml")
+    sweep.add_argument("file", help="the study definition, e.g. sweeps/combiner-wrf.yaml")
+    sweep.add_argument("--storage", help="Optuna RDB URL (default: sqlite file results/sweeps/NAME.db)")
+    sweep.add_argument("--n-trials", type=int, help="regularized trials the study should hold (overrides the YAML)")
+    sweep.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
+    sweep.set_defaults(run=_cmd_sweep)
+
+    sweep_report = commands.add_parser(
+        "sweep-report", parents=[results], help="export a study's trials to CSV and plot the objective vs gamma"
+    )
+    sweep_report.add_argument("name", help="the study's name (its YAML file's stem)")
+    sweep_report.add_argument("--storage", help="Optuna RDB URL (default: results/sweeps/NAME.db)")
+    sweep_report.set_defaults(run=_cmd_sweep_report)
+
+    landscape = commands.add_parser(
+        "landscape", parents=[results], help="loss landscapes and sharpness around a run's checkpoint"
+    )
+    landscape.add_argument("run", help="a run id (results/runs/<id>.json) or a record file")
+    landscape.add_argument("--points", type=int, default=21, help="points of the 1-D slice")
+    landscape.add_argument("--grid", type=int, default=11, help="points per axis of the 2-D surface")
+    landscape.add_argument("--span", type=float, default=1.0, help="directions are scaled over [-span, span]")
+    landscape.add_argument("--samples", type=int, default=512, help="training triplets the loss is averaged over")
+    landscape.add_argument("--gammas", default="1e-4,1e-3,1e-2", help="relative ascent sizes for the sharpness")
+    landscape.add_argument("--seed", type=int, default=0, help="seed of the random directions and samples")
+    landscape.add_argument("--checkpoint", default="best", help="best (default) or last")
+    landscape.set_defaults(run=_cmd_landscape)
     commands.add_parser(
         "demo",
         parents=[results],

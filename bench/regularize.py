@@ -225,7 +225,7 @@ class Regularizer:
             self.timer.mark("restore")
         return loss
 
-    def _scaled_directions(self, directions: list[torch.Tensor | None], gamma: float) -> list[torch.Tensor | None]:
+    def scaled_directions(self, directions: list[torch.Tensor | None], gamma: float) -> list[torch.Tensor | None]:
         """γ·‖w_l‖·d_l/(‖d_l‖ + 1e-12) per target tensor (None where d_l is None), with fused per-list kernels.
 
         A non-finite direction (an overflowed fp16 gradient) perturbs nothing: the scaler skips that step anyway.
@@ -296,7 +296,7 @@ class WRF(Regularizer):
         self.timer.mark("first_pass")
         with torch.no_grad():
             grads = [None if p.grad is None else self._unscaled(p.grad) for _, p in self.targets]
-            offsets = self._scaled_directions(grads, gamma)
+            offsets = self.scaled_directions(grads, gamma)
         self._perturbed_step(closure, optimizer, offsets, self.settings.restore)
         return loss
 
@@ -324,7 +324,7 @@ class MomentumWRF(Regularizer):
         # The first step has no moment yet: a plain step.
         with torch.no_grad():
             offsets = (
-                self._scaled_directions(moments, self.settings.gamma) if self.settings.gamma else [None] * len(moments)
+                self.scaled_directions(moments, self.settings.gamma) if self.settings.gamma else [None] * len(moments)
             )
         if all(offset is None for offset in offsets):
             return super()._step(closure, optimizer)

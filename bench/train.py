@@ -12,6 +12,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,11 +403,15 @@ def train(
     resume: Path | str | None = None,
     stop_after_epoch: int | None = None,
     progress: bool | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    record_fields: dict[str, Any] | None = None,
 ) -> Path | None:
     """Train ``config`` and write its result record; returns the record path.
 
     ``resume`` is a run's checkpoint folder: training continues from its last checkpoint with the saved config.
     ``stop_after_epoch`` ends the run early after that epoch's checkpoint (no record; resume it later).
+    ``on_epoch(epoch, val_metrics)`` is called after each epoch's checkpoint (a sweep's pruner; an exception it
+    raises ends the run without a record). ``record_fields`` are extra sections of the record (e.g. ``sweep``).
     """
     import torch
     from tqdm import tqdm
@@ -522,6 +527,8 @@ def train(
         _save_checkpoint(checkpoint_dir / "last.pt", method, optimizer, scheduler, state)
         if is_best:
             _save_checkpoint(checkpoint_dir / "best.pt", method, optimizer, scheduler, state)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val_metrics)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return None
 
@@ -542,5 +549,6 @@ def train(
         per_query=state.best_per_query,
         checkpoint_dir=str(checkpoint_dir),
         timing=run_timing(state.history, device),
+        **(record_fields or {}),
     )
     return write_record(record, results_dir)

@@ -1,0 +1,174 @@
+"""Deterministic records of every kind the leaderboard reads, for the golden-file and plot tests.
+
+Metrics are computed from generated per-query hits (as a real run computes them), so the bootstrap Δ and the
+table agree.
+"""
+
+import numpy as np
+
+from bench.evaluate import aggregate
+from bench.records import new_record
+
+FIQ_CATEGORIES = ("dress", "shirt", "toptee")
+TINY_CLIP = {"family": "clip", "arch": "cirbench-tiny-clip", "pretrained": "synth"}
+BASE_CONFIG = {"epochs": 2, "lr": 0.0005, "batch_size": 128, "seed": 0, "reg": "none", "reg_settings": {}}
+
+
+def _hit_string(rng, n, p):
+    return "".join("1" if x else "0" for x in rng.random(n) < p)
+
+
+def _recall(string):
+    return 100.0 * string.count("1") / len(string)
+
+
+def fashioniq_hits(seed, quality, queries=120):
+    """Per-category R@10 / R@50 hit strings; a higher ``quality`` means more hits."""
+    rng = np.random.default_rng(seed)
+    per_query = {}
+    for category in FIQ_CATEGORIES:
+        r10 = _hit_string(rng, queries, quality)
+        extra = _hit_string(rng, queries, 0.5)
+        r50 = "".join("1" if a == "1" or b == "1" else "0" for a, b in zip(r10, extra, strict=True))
+        per_query[category] = {"R@10": r10, "R@50": r50}
+    return per_query
+
+
+def cirr_hits(seed, quality, queries=200):
+    rng = np.random.default_rng(seed)
+    per_query = {}
+    for k, p in (("R@1", quality * 0.5), ("R@5", quality), ("R@10", quality + 0.1), ("R@50", quality + 0.3)):
+        per_query[k] = _hit_string(rng, queries, min(p, 1.0))
+    for k, p in (("Rsubset@1", quality + 0.2), ("Rsubset@2", quality + 0.3), ("Rsubset@3", quality + 0.4)):
+        per_query[k] = _hit_string(rng, queries, min(p, 1.0))
+    return {"all": per_query}
+
+
+def _metrics(layout, per_query):
+    per_subset = {subset: {k: _recall(v) for k, v in hits.items()} for subset, hits in per_query.items()}
+    return aggregate(layout, per_subset)
+
+
+def history(layout, metrics, gap):
+    """Two epochs; the train subset is ``gap`` points above val at the selected epoch (2)."""
+    key = "average" if layout == "fashioniq" else "all"
+
+    def shifted(delta):
+        return {s: {m: v + delta if (s, m) == (key, "Avg") else v for m, v in ms.items()} for s, ms in metrics.items()}
+
+    return [
+        {"epoch": 0, "val": shifted(-20.0), "train": shifted(-19.0)},
+        {"epoch": 1, "val": shifted(-5.0), "train": shifted(-4.0), "train_time_s": 1.0},
+        {"epoch": 2, "val": metrics, "train": shifted(gap), "train_time_s": 1.0},
+    ]
+
+
+def trained_record(run_id, *, method, layout, dataset, seed, quality, regularizer, gap, step, regime="full", **extra):
+    per_query = fashioniq_hits(seed, quality) if layout == "fashioniq" else cirr_hits(seed, quality)
+    metrics = _metrics(layout, per_query)
+    reg_settings = {k: v for k, v in regularizer.items() if k != "name"}
+    config = {**BASE_CONFIG, "seed": seed, "reg": regularizer["name"], "reg_settings": reg_settings}
+    config.update(extra.pop("config", {}))
+    return new_record(
+        run_id=run_id,
+        method=method,
+        backbone=TINY_CLIP,
+        regime=regime,
+        regularizer=regularizer,
+        seed=seed,
+        dataset=dataset,
+        layout=layout,
+        split="val",
+        config=config,
+        metrics=metrics,
+        per_query=per_query,
+        history=history(layout, metrics, gap),
+        selected_epoch=2,
+        timing={"step_seconds": {"step": step}, "train_seconds": 2.0},
+        **extra,
+    )
+
+
+def leaderboard_records():
+    """Runs with and without WRF over two seeds, an overhead record, a sweep, a CIRR pair, a zero-shot row and a
+    landscape: every section and column of the leaderboard."""
+    wrf = {"name": "wrf", "gamma": 0.001, "restore": "before_step", "warmup_steps": 0}
+    fiq = dict(method="combiner", layout="fashioniq", dataset="synth-fiq")
+    records = [
+        trained_record("r01-none-s0", **fiq, seed=0, quality=0.40, regularizer={"name": "none"}, gap=6.0, step=0.02),
+        trained_record("r02-none-s1", **fiq, seed=1, quality=0.42, regularizer={"name": "none"}, gap=7.0, step=0.02),
+        trained_record("r03-wrf-s0", **fiq, seed=0, quality=0.55, regularizer=wrf, gap=3.0, step=0.04),
+        trained_record("r04-wrf-s1", **fiq, seed=1, quality=0.53, regularizer=wrf, gap=4.0, step=0.04),
+        new_record(
+            run_id="r05-overhead",
+            kind="overhead",
+            method="combiner",
+            backbone=TINY_CLIP,
+            regime="full",
+            regularizer=wrf,
+            seed=0,
+            dataset="synth-fiq",
+            layout="fashioniq",
+            split="train",
+            config={},
+            metrics={},
+            overhead={"ratio_median": 1.9, "ratio_min": 1.8, "ratio_max": 2.1},
+        ),
+    ]
+    sweep = {"study": "demo-study", "objective": "Avg", "seeds": [0]}
+    for trial, (role, gamma, quality) in enumerate((("baseline", None, 0.45), ("trial", 1e-3, 0.5), ("trial", 0.05, 0.6))):
+        regularizer = {"name": "none"} if gamma is None else {**wrf, "gamma": gamma}
+        params = {} if gamma is None else {"gamma": gamma}
+        records.append(
+            trained_record(
+                f"r1{trial}-sweep",
+                **fiq,
+                seed=0,
+                quality=quality,
+                regularizer=regularizer,
+                gap=2.0,
+                step=0.03,
+                config={"epochs": 3},
+                sweep={**sweep, "trial": trial, "role": role, "params": params},
+            )
+        )
+    # A pruned-then-killed trial with a record for no seed of the study is invisible; one missing a seed too.
+    records.append(
+        trained_record(
+            "r19-sweep-partial",
+            **fiq,
+            seed=5,
+            quality=0.9,
+            regularizer={**wrf, "gamma": 0.02},
+            gap=2.0,
+            step=0.03,
+            config={"epochs": 3},
+            sweep={**sweep, "trial": 3, "role": "trial", "params": {"gamma": 0.02}},
+        )
+    )
+    cirr = dict(method="blip2", layout="cirr", dataset="synth-cirr", regime="lora")
+    rwp = {"name": "rwp", "gamma": 0.01, "mix": 0.5}
+    records += [
+        trained_record("r20-cirr-none", **cirr, seed=0, quality=0.5, regularizer={"name": "none"}, gap=1.0, step=0.1),
+        trained_record("r21-cirr-rwp", **cirr, seed=0, quality=0.55, regularizer=rwp, gap=0.5, step=0.12),
+        new_record(
+            run_id="r30-zero-shot",
+            method="zero-shot-sum",
+            backbone=TINY_CLIP,
+            regime="zero-shot",
+            regularizer={"name": "none"},
+            seed=0,
+            dataset="synth-cirr",
+            layout="cirr",
+            split="val",
+            config={"baselines": ["sum"]},
+            metrics={"all": {"R@1": 10.0, "R@5": 30.0, "Rsubset@1": 50.0, "Avg": 40.0}},
+        ),
+    ]
+    records[2]["landscape"] = {
+        "line": {"alphas": [-1.0, 0.0, 1.0], "loss": [2.0, 1.0, 2.5]},
+        "surface": {"alphas": [-1.0, 0.0, 1.0], "betas": [-1.0, 0.0, 1.0], "loss": [[3, 2, 3], [2, 1, 2], [3, 2, 3]]},
+        "sharpness": {"gammas": [1e-4, 1e-3, 1e-2], "loss_increase": [0.001, 0.01, 0.2]},
+        "center_loss": 1.0,
+    }
+    return records
