@@ -146,7 +146,9 @@ def _settings_labels(records: list[dict[str, Any]]) -> dict[tuple, str]:
         configs = [_defining_config(r) for r in family]
         varying = sorted({k for c in configs for k in c if any(c.get(k) != o.get(k) for o in configs)})
         for record, config in zip(family, configs, strict=True):
-            labels[(*_row_identity(record)[:6], _config_key(record))] = ", ".join(f"{k}={config.get(k)}" for k in varying)
+            labels[(*_row_identity(record)[:6], _config_key(record))] = ", ".join(
+                f"{k}={config.get(k)}" for k in varying
+            )
     return labels
 
 

@@ -116,7 +116,9 @@ def leaderboard_records():
         ),
     ]
     sweep = {"study": "demo-study", "objective": "Avg", "seeds": [0]}
-    for trial, (role, gamma, quality) in enumerate((("baseline", None, 0.45), ("trial", 1e-3, 0.5), ("trial", 0.05, 0.6))):
+    for trial, (role, gamma, quality) in enumerate(
+        (("baseline", None, 0.45), ("trial", 1e-3, 0.5), ("trial", 0.05, 0.6))
+    ):
         regularizer = {"name": "none"} if gamma is None else {**wrf, "gamma": gamma}
         params = {} if gamma is None else {"gamma": gamma}
         records.append(
