@@ -427,8 +427,15 @@ def run_sweep(sweep: SweepConfig, results_dir: Path | str = "results", storage: 
     if workers < 1:
         raise BenchError(f"--workers: must be at least 1, got {workers}")
     url = storage or default_storage(sweep, results_dir)
-    # Created (and seeded) once here, before any worker starts, so workers never race to enqueue.
-    study = open_study(sweep, open_storage(url))
+    rdb = open_storage(url)  # an unreachable storage fails here, before anything is written
+    # Created and seeded under the claim lock, before any worker starts: concurrent sweeps on this machine never
+    # enqueue the baseline twice.
+    lock = _ClaimLock(Path(results_dir) / "sweeps" / f"{sweep.name}.lock")
+    lock.acquire()
+    try:
+        study = open_study(sweep, rdb)
+    finally:
+        lock.release()
     if workers == 1:
         run_worker(sweep, url, results_dir)
         return study
