@@ -24,6 +24,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 
 test: lint
+	$(PY) -m bench report --check
 	$(PY) -m pytest -n 2 --dist loadgroup --benchmark-disable tests --ignore=tests/benchmarks
 	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds
 

@@ -214,7 +214,7 @@ def _cmd_landscape(args: argparse.Namespace) -> None:
     except ValueError:
         raise BenchError(f"--gammas: expected comma-separated numbers, got {args.gammas!r}") from None
     path = add_landscape(
-        args.run,
+        args.run_id,
         Path(args.results_dir),
         points=args.points,
         grid=args.grid,
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     landscape = commands.add_parser(
         "landscape", parents=[results], help="loss landscapes and sharpness around a run's checkpoint"
     )
-    landscape.add_argument("run", help="a run id (results/runs/<id>.json) or a record file")
+    landscape.add_argument("run_id", metavar="RUN", help="a run id (results/runs/<id>.json) or a record file")
     landscape.add_argument("--points", type=int, default=21, help="points of the 1-D slice")
     landscape.add_argument("--grid", type=int, default=11, help="points per axis of the 2-D surface")
     landscape.add_argument("--span", type=float, default=1.0, help="directions are scaled over [-span, span]")

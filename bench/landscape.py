@@ -193,7 +193,7 @@ def add_landscape(
 
     from bench.config import resolve_config
     from bench.io import write_json
-    from bench.records import validate_record
+    from bench.records import git_commit, validate_record
     from bench.regularize import create
     from bench.train import RunConfig, prepare_run
 
@@ -278,6 +278,7 @@ def add_landscape(
         "surface": {"alphas": mesh, "betas": list(mesh), "loss": surface},
         "sharpness": {"gammas": [float(g) for g in gammas], "loss_increase": increases},
         "seconds": time.perf_counter() - started,
+        "git_commit": git_commit(),  # the record's own commit is the training's; this one computed the landscape
     }
     validate_record(record, source=str(path))
     return write_json(path, record)

@@ -199,7 +199,7 @@ def study_points(records: list[dict[str, Any]], study: str) -> tuple[str, list[d
     outcome = sweep_outcomes(records)[study]
     regularized = [t for t in outcome["trials"] if t["role"] == "trial"]
     parameter = sorted(regularized[0]["params"])[0] if regularized else "gamma"
-    points = [{parameter: t["params"][parameter], "value": t["value"], "state": "complete"} for t in regularized]
+    points = [{parameter: t["params"][parameter], "value": t["value"], "state": t["state"]} for t in regularized]
     baseline = outcome["baseline"]["value"] if outcome["baseline"] else None
     return parameter, points, baseline, outcome["objective"]
 

@@ -72,9 +72,10 @@ def _config_key(record: dict[str, Any]) -> str:
 
 
 def sweep_outcomes(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per study: its baseline trial, its best trial (mean objective over all its seeds) and the trials' values.
+    """Per study: its baseline trial, its best complete trial (mean objective over all its seeds) and every
+    finished trial (complete, or pruned with the value of its best epoch before it stopped).
 
-    Computed from the records alone; a trial counts once it has a record for every seed of the study.
+    Computed from the records alone; a trial is complete once it has an unstopped record for every seed.
     """
     from sweeps.study import objective_metric
 
@@ -87,16 +88,20 @@ def sweep_outcomes(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         finished = []
         for number, group in sorted(by_trial.items()):
             info = group[0]["sweep"]
-            if {r["seed"] for r in group} != set(info["seeds"]):
-                continue
+            pruned = any("stopped" in r for r in group)
+            if not pruned and {r["seed"] for r in group} != set(info["seeds"]):
+                continue  # still running, or its worker died: not a result yet
             subset, metric = objective_metric(info["objective"], group[0]["layout"], source=group[0]["run_id"])
             value = statistics.fmean(r["metrics"][subset][metric] for r in group)
-            finished.append({"trial": number, "role": info["role"], "params": info["params"], "value": value})
-        regularized = [t for t in finished if t["role"] == "trial"]
+            state = "pruned" if pruned else "complete"
+            finished.append(
+                {"trial": number, "role": info["role"], "params": info["params"], "value": value, "state": state}
+            )
+        regularized = [t for t in finished if t["role"] == "trial" and t["state"] == "complete"]
         outcomes[study] = {
             "trials": finished,
             "best": max(regularized, key=lambda t: t["value"], default=None),
-            "baseline": next((t for t in finished if t["role"] == "baseline"), None),
+            "baseline": next((t for t in finished if t["role"] == "baseline" and t["state"] == "complete"), None),
             "objective": by_trial[min(by_trial)][0]["sweep"]["objective"],
         }
     return outcomes
@@ -215,7 +220,7 @@ def leaderboard_rows(all_records: list[dict[str, Any]], bootstrap_resamples: int
         row["overhead_source"] = None
         row["sweep"] = next(
             (
-                f"best of {len(outcomes[s]['trials']) - (outcomes[s]['baseline'] is not None)} ({s})"
+                f"best of {sum(t['role'] == 'trial' and t['state'] == 'complete' for t in outcomes[s]['trials'])} ({s})"
                 for r in group
                 if "sweep" in r and (s := best_trials.get((r["sweep"]["study"], r["sweep"]["trial"])))
             ),

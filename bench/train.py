@@ -403,15 +403,16 @@ def train(
     resume: Path | str | None = None,
     stop_after_epoch: int | None = None,
     progress: bool | None = None,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], str | None] | None = None,
     record_fields: dict[str, Any] | None = None,
 ) -> Path | None:
     """Train ``config`` and write its result record; returns the record path.
 
     ``resume`` is a run's checkpoint folder: training continues from its last checkpoint with the saved config.
     ``stop_after_epoch`` ends the run early after that epoch's checkpoint (no record; resume it later).
-    ``on_epoch(epoch, val_metrics)`` is called after each epoch's checkpoint (a sweep's pruner; an exception it
-    raises ends the run without a record). ``record_fields`` are extra sections of the record (e.g. ``sweep``).
+    ``on_epoch(epoch, val_metrics)`` is called after each epoch's checkpoint (a sweep's pruner): a returned reason
+    stops the run there and the record says so under ``stopped`` (epoch, reason); its metrics are those of the
+    best epoch so far. ``record_fields`` are extra sections of the record (e.g. ``sweep``).
     """
     import torch
     from tqdm import tqdm
@@ -527,8 +528,10 @@ def train(
         _save_checkpoint(checkpoint_dir / "last.pt", method, optimizer, scheduler, state)
         if is_best:
             _save_checkpoint(checkpoint_dir / "best.pt", method, optimizer, scheduler, state)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, val_metrics)
+        stop_reason = on_epoch(epoch + 1, val_metrics) if on_epoch is not None else None
+        if stop_reason is not None:
+            record_fields = {**(record_fields or {}), "stopped": {"epoch": epoch + 1, "reason": stop_reason}}
+            break
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return None
 

@@ -127,6 +127,14 @@ def load_sweep(path: Path | str, trials: int | None = None) -> SweepConfig:
         raise BenchError(f"{path}: seeds must list at least one seed")
     if sweep.pruner not in PRUNERS:
         raise BenchError(f"{path}: pruner must be one of {', '.join(PRUNERS)}, got {sweep.pruner!r}")
+    for key in ("run", "search_space"):
+        if not isinstance(getattr(sweep, key), dict):
+            raise BenchError(f"{path}: {key} must be a mapping, got {getattr(sweep, key)!r}")
+    reserved = sorted(set(sweep.run) & {"method", "dataset", "seed", "reg", "reg_settings"})
+    if reserved:
+        raise BenchError(f"{path}: run.{reserved[0]} is set by the sweep itself (use the top-level keys)")
+    if sweep.heartbeat_seconds < 1 or sweep.grace_seconds <= sweep.heartbeat_seconds:
+        raise BenchError(f"{path}: need heartbeat_seconds >= 1 and grace_seconds > heartbeat_seconds")
     if not sweep.search_space:
         raise BenchError(f"{path}: search_space is empty")
     searchable = [f.name for f in dataclasses.fields(settings) if f.type in ("float", float)] + list(RUN_PARAMETERS)
@@ -142,6 +150,8 @@ def load_sweep(path: Path | str, trials: int | None = None) -> SweepConfig:
         if bounds.log and bounds.low <= 0:
             raise BenchError(f"{where}: a log range needs low > 0, got {bounds.low}")
     for enqueued in sweep.enqueued:
+        if not isinstance(enqueued, dict):
+            raise BenchError(f"{path}: enqueue must list mappings of parameter values, got {enqueued!r}")
         for name, value in enqueued.items():
             bounds = sweep.ranges.get(name)
             if bounds is None or not isinstance(value, int | float) or not bounds.low <= value <= bounds.high:
@@ -186,20 +196,24 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
         shown = url
     # SQLite: wait for the other worker's write lock instead of failing at once.
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            heartbeat = {}
-            if heartbeat_seconds is not None:
-                heartbeat = dict(
-                    heartbeat_interval=heartbeat_seconds,
-                    grace_period=grace_seconds,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-                )
-            return RDBStorage(url, engine_kwargs=engine, **heartbeat)
-    except Exception as exc:  # noqa: BLE001 - driver errors differ per database; all mean "unreachable"
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise BenchError(f"--storage {shown}: cannot open the study storage ({reason})") from None
+    heartbeat = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_seconds is not None:
+            heartbeat = dict(
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=grace_seconds,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+        # Workers starting together race to create a new database's tables; the loser succeeds on a retry.
+        for attempt in range(3):
+            try:
+                return RDBStorage(url, engine_kwargs=engine, **heartbeat)
+            except Exception as exc:  # noqa: BLE001 - driver errors differ per database; all mean "unreachable"
+                error = exc
+                time.sleep(0.5 * (attempt + 1))
+    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    raise BenchError(f"--storage {shown}: cannot open the study storage ({reason})") from None
 
 
 def open_study(sweep: SweepConfig, storage, worker: int = 0):
@@ -323,10 +337,10 @@ class SweepObjective:
                 # Seeds run one after another: seed i's epochs are reported as steps after seed i-1's.
                 offset = index * (config.epochs or get_method_class(config.method).recipe.epochs)
 
-                def report(epoch: int, metrics: dict[str, Any], offset: int = offset, seed: int = seed) -> None:
+                def report(epoch: int, metrics: dict[str, Any], offset: int = offset) -> str | None:
                     trial.report(self.value(metrics), step=offset + epoch)
-                    if role == "trial" and trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch} of seed {seed}")
+                    prunable = role == "trial" and trial.should_prune()
+                    return f"pruned by the {self.sweep.pruner} pruner at epoch {epoch}" if prunable else None
 
                 fields = {"study": self.sweep.name, "trial": identity, "role": role, "params": params}
                 fields.update(objective=self.sweep.objective, seeds=list(self.sweep.seeds))
@@ -339,6 +353,8 @@ class SweepObjective:
             run_ids.append(record["run_id"])
             values.append(self.value(record["metrics"]))
             trial.set_user_attr("run_ids", run_ids)
+            if "stopped" in record:
+                raise optuna.TrialPruned(f"{record['stopped']['reason']} of seed {seed}")
         return statistics.fmean(values)
 
     def _finished_record(self, identity: int, seed: int) -> dict[str, Any] | None:

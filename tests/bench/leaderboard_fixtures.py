@@ -134,6 +134,20 @@ def leaderboard_records():
                 sweep={**sweep, "trial": trial, "role": role, "params": params},
             )
         )
+    # A pruned trial: a better value than any complete trial at its stopping epoch, yet never the best.
+    pruned = trained_record(
+        "r18-sweep-pruned",
+        **fiq,
+        seed=0,
+        quality=0.95,
+        regularizer={**wrf, "gamma": 0.09},
+        gap=2.0,
+        step=0.03,
+        config={"epochs": 3},
+        sweep={**sweep, "trial": 4, "role": "trial", "params": {"gamma": 0.09}},
+    )
+    pruned["stopped"] = {"epoch": 1, "reason": "pruned by the median pruner at epoch 1"}
+    records.append(pruned)
     # A pruned-then-killed trial with a record for no seed of the study is invisible; one missing a seed too.
     records.append(
         trained_record(

@@ -204,3 +204,19 @@ def test_a_lora_run_perturbs_only_its_adapters(small_world, tmp_path):
     assert landscape["tensors"] == len(adapters) == 12
     assert landscape["parameters"] == sum(t.numel() for t in adapters.values())
     assert landscape["line"]["loss"][2] == pytest.approx(landscape["center_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["no-such-run"], "run 'no-such-run'"),
+        (["x", "--gammas", "1e-3,big"], "--gammas"),
+        (["x", "--grid", "2"], "--grid"),
+    ],
+)
+def test_landscape_command_errors_are_one_line(capsys, tmp_path, argv, needle):
+    from bench.cli import main
+
+    assert main(["landscape", *argv, "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err

@@ -207,3 +207,16 @@ def test_stage_two_rejects_a_checkpoint_without_clip_tensors(small_world, tmp_pa
 
     with pytest.raises(BenchError, match="stage1_checkpoint: .* holds no fully fine-tuned CLIP tensors"):
         create_method("combiner", pretrained="none", stage1_checkpoint=str(best))
+
+
+def test_on_epoch_sees_val_metrics_and_can_stop_the_run_with_a_record(small_world, tmp_path):
+    seen = []
+
+    def on_epoch(epoch, metrics):
+        seen.append((epoch, metrics["all"]["Avg"]))
+        return "enough" if epoch == 2 else None
+
+    record = json.loads(train(run_config(small_world, epochs=4), tmp_path, on_epoch=on_epoch).read_text())
+    assert [e for e, _ in seen] == [1, 2] and record["stopped"] == {"epoch": 2, "reason": "enough"}
+    assert [h["epoch"] for h in record["history"]] == [0, 1, 2]
+    assert seen[record["selected_epoch"] - 1][1] == record["metrics"]["all"]["Avg"]
