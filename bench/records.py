@@ -42,12 +42,14 @@ TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """The checkout's HEAD commit, with ``-dirty`` appended when tracked files have changed; None outside git."""
+    """The checkout's HEAD commit, with ``-dirty`` appended when tracked files outside ``results/`` have changed;
+    None outside git."""
     cwd = repo or Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # Records and rendered tables under results/ are outputs, not code: they never make a run "dirty".
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=cwd,
             capture_output=True,
             text=True,

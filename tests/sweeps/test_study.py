@@ -82,6 +82,7 @@ def test_three_trial_sweep_end_to_end(small_world, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("sweep-workers")  # two worker processes each: never alongside the other such test
 def test_two_workers_on_one_storage_complete_distinct_trials(small_world, tmp_path):
     sweep = write_sweep(tmp_path, small_world, trials=4)
     workers = [worker(sweep, tmp_path), worker(sweep, tmp_path)]
@@ -97,6 +98,7 @@ def test_two_workers_on_one_storage_complete_distinct_trials(small_world, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("sweep-workers")
 def test_a_killed_worker_leaves_the_study_resumable_and_its_trial_retried(small_world, tmp_path):
     sweep = write_sweep(tmp_path, small_world, trials=1, baseline=False, epochs=10)
     killed = worker(sweep, tmp_path)
