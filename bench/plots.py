@@ -186,6 +186,8 @@ def plot_sharpness(records: list[dict[str, Any]], path: Path, title: str) -> Pat
     figure, axis = plt.subplots(figsize=(6, 3.6))
     sns.lineplot(data=frame, x="γ", y="loss increase", hue="run", marker="o", ax=axis)
     axis.set_xscale("log")
+    if (frame["loss increase"] > 0).all():
+        axis.set_yscale("log")  # increases grow ~γ² over decades of γ: only a log axis shows the small ones
     axis.set_title(title)
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -234,7 +236,8 @@ def planned_plots(records: list[dict[str, Any]]) -> list[tuple[str, Callable[[Pa
         if "landscape" in record:
             landscapes.setdefault(record["dataset"], []).append(record)
     for dataset, group in sorted(landscapes.items()):
-        group = sorted(group, key=lambda r: r["run_id"])
+        # Each method's runs side by side, unregularized first.
+        group = sorted(group, key=lambda r: (r["method"], r["regime"], r["regularizer"]["name"] != "none", r["run_id"]))
         title = f"{dataset}: loss landscapes (filter-normalised directions)"
         plans.append((f"plots/landscape-{_slug(dataset)}.png", partial(plot_landscapes, group, title=title)))
         title = f"{dataset}: sharpness under the WRF ascent"
