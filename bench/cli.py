@@ -30,6 +30,10 @@ def _cmd_list(args: argparse.Namespace) -> None:
     print(
         "BLIP-2 backbones: cirbench-tiny-blip2 (--pretrained synth|FILE), Salesforce/blip2-itm-vit-g, or a local HF dir"
     )
+    import sweeps
+
+    studies = sorted(Path(sweeps.__file__).parent.glob("*.yaml"))
+    print("studies (python -m bench sweep FILE):", ", ".join(f"sweeps/{p.name}" for p in studies))
 
 
 def _cmd_run(args: argparse.Namespace) -> None:

@@ -13,6 +13,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+
+@pytest.fixture(scope="session", autouse=True)
+def optuna_logs_through_pytest():
+    """Optuna's own handler keeps the sys.stderr of its first use, which pytest's capture later closes."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ANNOTATIONS = REPO_ROOT.parent / "shared" / "data" / "cir-annotations"
 

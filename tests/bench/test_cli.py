@@ -171,3 +171,14 @@ def test_unknown_category_in_a_real_layout(capsys, real_annotations, tmp_path):
 
     with pytest.raises(BenchError, match="skirt"):
         load_fashioniq(real_annotations / "fashioniq", "val", "skirt")
+
+
+def test_list_names_every_registered_method_dataset_and_study(capsys):
+    from bench.data import DATASETS
+    from methods import list_methods
+
+    status, out, _ = run_cli(capsys, "list")
+    assert status == 0
+    for name in [*list_methods(), *DATASETS]:
+        assert f"  {name} " in out
+    assert "sweeps/combiner-wrf.yaml" in out
