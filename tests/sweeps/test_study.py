@@ -40,15 +40,15 @@ def states(study):
     return [t.state.name for t in study.get_trials(deepcopy=False)]
 
 
-def worker(sweep: Path, results: Path) -> subprocess.Popen:
+def worker(sweep: Path, results: Path, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "bench", "sweep", str(sweep), "--results-dir", str(results)]
+    command = [sys.executable, "-m", "bench", "sweep", str(sweep), "--results-dir", str(results), *flags]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
 def test_three_trial_sweep_end_to_end(small_world, tmp_path, capsys):
-    sweep = write_sweep(tmp_path, small_world)
+    sweep = write_sweep(tmp_path, small_world, seeds=[0, 1])
     assert main(["sweep", str(sweep), "--results-dir", str(tmp_path)]) == 0
     study = load_stored_study("tiny", tmp_path)
     trials = study.get_trials(deepcopy=False)
@@ -58,14 +58,17 @@ def test_three_trial_sweep_end_to_end(small_world, tmp_path, capsys):
     assert all(1e-5 <= t.params["gamma"] <= 1e-1 for t in trials[1:])
     records = {r["run_id"]: r for r in load_records(tmp_path)}
     for trial in trials:
-        (run_id,) = trial.user_attrs["run_ids"]
-        record = records[run_id]
-        assert record["sweep"]["trial"] == trial.number and record["sweep"]["study"] == "tiny"
-        assert record["regularizer"]["name"] == ("none" if trial.number == 0 else "wrf")
-        assert record["metrics"]["average"]["Avg"] == pytest.approx(trial.value)
-        assert record["config"]["epochs"] == 2
+        runs = [records[run_id] for run_id in trial.user_attrs["run_ids"]]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all(r["sweep"]["trial"] == trial.number and r["sweep"]["study"] == "tiny" for r in runs)
+        assert {r["regularizer"]["name"] for r in runs} == {"none" if trial.number == 0 else "wrf"}
+        assert trial.value == pytest.approx(sum(r["metrics"]["average"]["Avg"] for r in runs) / 2)
+        # Seed 1's epochs are reported after seed 0's: steps 1..4 for two seeds of two epochs.
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
     board = (tmp_path / "LEADERBOARD.md").read_text()
     assert "best of 3 (tiny)" in board and "| none |" in board
+    best_row = next(line for line in board.splitlines() if "best of 3" in line)
+    assert best_row.split("|")[-3].strip() == "2"  # n = both seeds
     assert (tmp_path / "plots" / "sensitivity-tiny.png").is_file()
 
     # Running it again finds the budget met; a larger --n-trials tops it up by exactly the difference.
@@ -82,10 +85,11 @@ def test_three_trial_sweep_end_to_end(small_world, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep-workers")  # two worker processes each: never alongside the other such test
-def test_two_workers_on_one_storage_complete_distinct_trials(small_world, tmp_path):
+@pytest.mark.xdist_group("sweep-workers")  # several worker processes each: never alongside the other such test
+def test_three_workers_on_one_storage_complete_distinct_trials(small_world, tmp_path):
     sweep = write_sweep(tmp_path, small_world, trials=4)
-    workers = [worker(sweep, tmp_path), worker(sweep, tmp_path)]
+    # Two sweep commands, one of them with two local worker processes: three workers on one storage.
+    workers = [worker(sweep, tmp_path, "--workers", "2"), worker(sweep, tmp_path)]
     outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     study = load_stored_study("tiny", tmp_path)
