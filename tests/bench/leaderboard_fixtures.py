@@ -115,53 +115,34 @@ def leaderboard_records():
             overhead={"ratio_median": 1.9, "ratio_min": 1.8, "ratio_max": 2.1},
         ),
     ]
-    sweep = {"study": "demo-study", "objective": "Avg", "seeds": [0]}
-    for trial, (role, gamma, quality) in enumerate(
-        (("baseline", None, 0.45), ("trial", 1e-3, 0.5), ("trial", 0.05, 0.6))
-    ):
+
+    def sweep_record(run_id, trial, role, gamma, quality, seed=0):
         regularizer = {"name": "none"} if gamma is None else {**wrf, "gamma": gamma}
         params = {} if gamma is None else {"gamma": gamma}
-        records.append(
-            trained_record(
-                f"r1{trial}-sweep",
-                **fiq,
-                seed=0,
-                quality=quality,
-                regularizer=regularizer,
-                gap=2.0,
-                step=0.03,
-                config={"epochs": 3},
-                sweep={**sweep, "trial": trial, "role": role, "params": params},
-            )
-        )
-    # A pruned trial: a better value than any complete trial at its stopping epoch, yet never the best.
-    pruned = trained_record(
-        "r18-sweep-pruned",
-        **fiq,
-        seed=0,
-        quality=0.95,
-        regularizer={**wrf, "gamma": 0.09},
-        gap=2.0,
-        step=0.03,
-        config={"epochs": 3},
-        sweep={**sweep, "trial": 4, "role": "trial", "params": {"gamma": 0.09}},
-    )
-    pruned["stopped"] = {"epoch": 1, "reason": "pruned by the median pruner at epoch 1"}
-    records.append(pruned)
-    # A pruned-then-killed trial with a record for no seed of the study is invisible; one missing a seed too.
-    records.append(
-        trained_record(
-            "r19-sweep-partial",
+        sweep = {"study": "demo-study", "objective": "Avg", "seeds": [0], "trial": trial, "role": role}
+        return trained_record(
+            run_id,
             **fiq,
-            seed=5,
-            quality=0.9,
-            regularizer={**wrf, "gamma": 0.02},
+            seed=seed,
+            quality=quality,
+            regularizer=regularizer,
             gap=2.0,
             step=0.03,
             config={"epochs": 3},
-            sweep={**sweep, "trial": 3, "role": "trial", "params": {"gamma": 0.02}},
+            sweep={**sweep, "params": params},
         )
-    )
+
+    records += [
+        sweep_record("r10-sweep", 0, "baseline", None, 0.45),
+        sweep_record("r11-sweep", 1, "trial", 1e-3, 0.5),
+        sweep_record("r12-sweep", 2, "trial", 0.05, 0.6),
+        # A trial whose worker died before seed 0 finished (a record for another seed only): not a result yet.
+        sweep_record("r19-sweep-partial", 3, "trial", 0.02, 0.9, seed=5),
+    ]
+    # A pruned trial: a better value than any complete trial at its stopping epoch, yet never the best.
+    pruned = sweep_record("r18-sweep-pruned", 4, "trial", 0.09, 0.95)
+    pruned["stopped"] = {"epoch": 1, "reason": "pruned by the median pruner at epoch 1"}
+    records.append(pruned)
     cirr = dict(method="blip2", layout="cirr", dataset="synth-cirr", regime="lora")
     rwp = {"name": "rwp", "gamma": 0.01, "mix": 0.5}
     records += [
