@@ -79,6 +79,7 @@ def plot_gap_curves(records: list[dict[str, Any]], path: Path, title: str) -> Pa
         x="epoch",
         y="Avg",
         hue="regularizer",
+        hue_order=sorted(frame["regularizer"].unique(), key=lambda label: (label != "none", label)),
         style="curve",
         col="panel",
         col_wrap=min(3, frame["panel"].nunique()),

@@ -229,9 +229,12 @@ def leaderboard_rows(all_records: list[dict[str, Any]], bootstrap_resamples: int
         name = group[0]["regularizer"].get("name", "none")
         baseline = groups.get((*identity[:6], "none", config_key))
         if name != "none" and baseline is not None:
+            # Same seeds on both sides when the baseline has them (same init and data order): a tighter pairing.
+            seeds = {r["seed"] for r in group}
+            control = [r for r in baseline if r["seed"] in seeds] or baseline
             try:
                 row["delta"] = paired_bootstrap(
-                    headline_scores(layout, group), headline_scores(layout, baseline), bootstrap_resamples
+                    headline_scores(layout, group), headline_scores(layout, control), bootstrap_resamples
                 )
             except BenchError:
                 row["delta"] = None  # records without per-query hits (older or hand-made): no interval
@@ -307,8 +310,9 @@ def _markdown(tables: dict[tuple, list[dict]], plots: list[str], bootstrap_resam
         "(CI fails when this file is stale). Also as `leaderboard.csv` and `leaderboard.tex`.",
         "",
         "Recall in %, mean ± std over seeds (n = number of seeds). FashionIQ: Avg = (mean R@10 + mean R@50) / 2;",
-        "CIRR: Avg = (R@5 + Rsubset@1) / 2. **Δ Avg**: against the same configuration without regularizer, paired",
-        f"bootstrap over queries ({bootstrap_resamples} resamples, 95% percentile interval). **gap**: train-subset",
+        "CIRR: Avg = (R@5 + Rsubset@1) / 2. **Δ Avg**: against the same configuration without regularizer (its runs",
+        "of the same seeds when it has them), paired bootstrap over queries of the seed-averaged hits",
+        f"({bootstrap_resamples} resamples, 95% percentile interval). **gap**: train-subset",
         "Avg − val Avg at the selected epoch (a train subset ranked against a gallery of val's size).",
         "**overhead**: step time / unregularized step time, median of interleaved steps in one process",
         "(`python -m bench overhead`); † = from the runs' median step times instead (separate processes).",

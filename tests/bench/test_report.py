@@ -122,3 +122,19 @@ def test_every_planned_plot_is_written_and_linked(tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
     text = render_leaderboard(records)
     assert all(f"]({name})" in text for name in planned)
+
+
+def test_delta_pairs_the_same_seeds_when_the_baseline_has_them():
+    from tests.bench.leaderboard_fixtures import trained_record
+
+    fiq = dict(method="combiner", layout="fashioniq", dataset="synth-fiq", gap=1.0, step=0.02)
+    wrf = {"name": "wrf", "gamma": 0.001}
+    none0 = trained_record("a0", **fiq, seed=0, quality=0.4, regularizer={"name": "none"})
+    none1 = trained_record("a1", **fiq, seed=1, quality=0.8, regularizer={"name": "none"})
+    wrf0 = trained_record("b0", **fiq, seed=0, quality=0.4, regularizer=wrf)
+    # Same seed, same hits: Δ is exactly 0 against seed 0, though the two-seed baseline mean is far higher.
+    rows = table_rows(render_leaderboard([none0, none1, wrf0]), "synth-fiq")
+    assert rows[1]["Δ Avg [95% CI]"] == "+0.00 [+0.00, +0.00]"
+    wrf5 = trained_record("b5", **fiq, seed=5, quality=0.4, regularizer=wrf)
+    rows = table_rows(render_leaderboard([none0, none1, wrf5]), "synth-fiq")
+    assert rows[1]["Δ Avg [95% CI]"].startswith("-")  # no shared seed: against both baseline seeds
