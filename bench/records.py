@@ -38,6 +38,15 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "config": dict,
     "metrics": dict,
 }
+# The optional section linking a record to its Optuna trial (the leaderboard picks each study's best from these).
+SWEEP_FIELDS: dict[str, type] = {
+    "study": str,
+    "trial": int,
+    "role": str,
+    "objective": str,
+    "seeds": list,
+    "params": dict,
+}
 TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "peft", "optuna", "numpy", "pillow")
 
 
@@ -116,6 +125,11 @@ def validate_record(record: Any, source: str) -> None:
     for subset, metrics in record["metrics"].items():
         if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
             raise BenchError(f"{source}: metrics[{subset!r}] must map metric names to numbers")
+    if "sweep" in record:
+        sweep = record["sweep"]
+        if not isinstance(sweep, dict) or any(not isinstance(sweep.get(k), t) for k, t in SWEEP_FIELDS.items()):
+            fields = ", ".join(f"{k} ({t.__name__})" for k, t in SWEEP_FIELDS.items())
+            raise BenchError(f"{source}: the sweep section needs {fields}")
 
 
 def write_record(record: dict[str, Any], results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:

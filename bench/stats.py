@@ -43,6 +43,8 @@ def headline_scores(layout: str, records: Sequence[Mapping[str, Any]]) -> dict[s
         if not per_query:
             raise BenchError(f"record {record['run_id']}: no per-query hits, so no bootstrap interval")
         for subset, hits in per_query.items():
+            if any(name not in hits for name in names):
+                raise BenchError(f"record {record['run_id']}: per-query hits of {subset} lack {' or '.join(names)}")
             vectors = [np.frombuffer(hits[name].encode(), dtype=np.uint8) - ord("0") for name in names]
             score = 100.0 * np.mean(vectors, axis=0)
             if subset in scores and scores[subset].shape != score.shape:

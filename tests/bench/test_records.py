@@ -71,3 +71,8 @@ def test_invalid_record_is_never_written(tmp_path):
     with pytest.raises(BenchError):
         write_record(record, tmp_path)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_malformed_sweep_section_is_a_one_line_error():
+    with pytest.raises(BenchError, match="sweep section needs study"):
+        make_record(sweep={"study": "s", "trial": "first"})
