@@ -136,15 +136,24 @@ def gap_split(train: CIRSplit, val: CIRSplit, seed: int) -> CIRSplit:
     """A fixed subset of train queries (as many as val) ranked against a train gallery of val's size.
 
     The gallery holds the subset's references, targets (and CIRR members), topped up with other train images
-    drawn at random, so train targets compete with as many look-alikes as val targets do.
+    drawn at random, so train targets compete with as many look-alikes as val targets do. When those images
+    alone would outnumber val's gallery (CIRR: every query brings its six-image set), queries are taken in random
+    order only while their images still fit, i.e. whole sets, as in val.
     """
     rng = random.Random(f"gap:{seed}:{train.name}")
     labelled = [q for q in train.queries if q.target is not None]
+    budget = len(val.gallery_names)
     queries = rng.sample(labelled, min(len(val.queries), len(labelled)))
-    needed: dict[str, None] = {}
-    for query in queries:
-        for name in (query.reference, query.target, *(query.members or ())):
-            needed.setdefault(name, None)
+    needed = _gallery_needs(queries)
+    if len(needed) > budget:
+        queries, needed = [], {}
+        for query in rng.sample(labelled, len(labelled)):
+            extra = [name for name in _gallery_needs([query]) if name not in needed]
+            if len(needed) + len(extra) <= budget:
+                queries.append(query)
+                needed.update(dict.fromkeys(extra))
+            if len(queries) == len(val.queries):
+                break
     others = [n for n in train.gallery_names if n not in needed]
     rng.shuffle(others)
     gallery = list(needed) + others[: max(0, len(val.gallery_names) - len(needed))]
@@ -152,6 +161,15 @@ def gap_split(train: CIRSplit, val: CIRSplit, seed: int) -> CIRSplit:
     position = {name: i for i, name in enumerate(train.gallery_names)}
     gallery.sort(key=lambda name: position.get(name, len(position)))
     return dataclasses.replace(train, split="train-gap", queries=tuple(queries), gallery_names=tuple(gallery))
+
+
+def _gallery_needs(queries) -> dict[str, None]:
+    """The images ``queries`` need in a gallery (references, targets, CIRR members), in first-use order."""
+    needed: dict[str, None] = {}
+    for query in queries:
+        for name in (query.reference, query.target, *(query.members or ())):
+            needed.setdefault(name, None)
+    return needed
 
 
 def build_optimizer(method, lr: float, weight_decay: float, recipe, total_steps: int, schedule: str):

@@ -220,3 +220,20 @@ def test_on_epoch_sees_val_metrics_and_can_stop_the_run_with_a_record(small_worl
     assert [e for e, _ in seen] == [1, 2] and record["stopped"] == {"epoch": 2, "reason": "enough"}
     assert [h["epoch"] for h in record["history"]] == [0, 1, 2]
     assert seen[record["selected_epoch"] - 1][1] == record["metrics"]["all"]["Avg"]
+
+
+@pytest.mark.parametrize("dataset", ["synth-cirr", "synth-fiq"])
+def test_gap_split_has_vals_gallery_size_and_every_image_its_queries_need(small_world, dataset):
+    from bench.data import get_dataset
+    from bench.train import gap_split
+
+    spec = get_dataset(dataset)
+    root = spec.root(str(small_world))
+    for train_split, val_split in zip(spec.load("train", root), spec.load("val", root), strict=True):
+        gap = gap_split(train_split, val_split, seed=0)
+        assert len(gap.gallery_names) == len(val_split.gallery_names)
+        gallery = set(gap.gallery_names)
+        for query in gap.queries:
+            assert {query.reference, query.target, *(query.members or ())} <= gallery
+        # CIRR queries bring whole six-image sets: as many queries as val's gallery can hold, at most val's count.
+        assert 0.8 * len(val_split.queries) <= len(gap.queries) <= len(val_split.queries)
