@@ -332,7 +332,8 @@ class SweepObjective:
         run_ids, values = [], []
         for index, seed in enumerate(self.sweep.seeds):
             config = self.sweep.run_config(seed, reg, params)
-            record = self._finished_record(identity, seed)
+            # Only a retried trial can have finished seeds: a fresh one skips reading every record.
+            record = self._finished_record(identity, seed) if identity != trial.number else None
             if record is None:
                 # Seeds run one after another: seed i's epochs are reported as steps after seed i-1's.
                 offset = index * (config.epochs or get_method_class(config.method).recipe.epochs)

@@ -103,6 +103,17 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+def assert_stepped_like_the_base_optimizer(model: nn.Module, grads: dict[str, torch.Tensor], reference) -> None:
+    """``model`` equals ``reference``'s (model, optimizer) after one plain optimizer step with ``grads``."""
+    ref_model, ref_optimizer = reference
+    for name, parameter in ref_model.named_parameters():
+        if parameter.requires_grad:
+            parameter.grad = grads[name]
+    ref_optimizer.step()
+    for name, value in snapshot(ref_model).items():
+        assert torch.equal(model.get_parameter(name), value), name
+
+
 def norm(tensor: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(tensor.double()))
 
@@ -456,13 +467,7 @@ def test_rwp_with_mix_one_takes_one_pass_at_noisy_weights_and_steps_from_the_cle
             assert torch.equal(noisy.params[name], before[name]), name
         for name, value in stepped_from[-1].params.items():  # the noise is gone before the optimizer steps
             assert torch.equal(value, before[name]), name
-        ref_model, ref_optimizer = reference
-        for name, parameter in ref_model.named_parameters():
-            if parameter.requires_grad:
-                parameter.grad = noisy.grads[name]
-        ref_optimizer.step()
-        for name, value in snapshot(ref_model).items():
-            assert torch.equal(model.get_parameter(name), value), name
+        assert_stepped_like_the_base_optimizer(model, noisy.grads, reference=reference)
 
 
 @PROPERTY
@@ -578,13 +583,8 @@ def test_wrf_momentum_takes_one_pass_per_step_along_the_optimizer_moment(shape, 
             assert cosine(offset, moments[name]) == pytest.approx(1.0, abs=1e-6), name
         for name in set(before) - eligible(shape):
             assert torch.equal(perturbed.params[name], before[name]), name
-        ref_model, ref_optimizer = reference  # the step is from w with the gradient taken at w + e
-        for name, parameter in ref_model.named_parameters():
-            if parameter.requires_grad:
-                parameter.grad = perturbed.grads[name]
-        ref_optimizer.step()
-        for name, value in snapshot(ref_model).items():
-            assert torch.equal(model.get_parameter(name), value), name
+        # The step is from w with the gradient taken at w + e.
+        assert_stepped_like_the_base_optimizer(model, perturbed.grads, reference=reference)
 
 
 # --- 11: bad settings -----------------------------------------------------------------------------------------
